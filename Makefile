@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SCRATCH := $(CURDIR)/.cache
+export MPLCONFIGDIR := $(SCRATCH)/mpl
+export XDG_CACHE_HOME := $(SCRATCH)/xdg
+export TORCHINDUCTOR_CACHE_DIR := $(SCRATCH)/inductor
+
+.PHONY: setup demo test test-all bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: on these machines this takes the CPU build lying on disk
+	# (a looser spec would download a multi-GB CUDA build). pyproject only asks torch>=2.3.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/facelab demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) $(SCRATCH) runs data

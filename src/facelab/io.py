@@ -1,0 +1,54 @@
+"""Small file helpers shared by every writer: atomic writes, image decode/encode."""
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facelab.errors import FacelabError
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
+
+    A crash leaves the old file (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Encoded bytes (JPEG/PNG/...) -> RGB uint8 [H, W, 3]; FacelabError naming `where` if undecodable."""
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise FacelabError(f"{where}: cannot decode image bytes")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Image file -> RGB uint8 [H, W, 3]."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise FacelabError(f"{path}: cannot read image ({e.strerror})") from None
+    return decode_image(data, str(path))
+
+
+def encode_image(image: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
+    """RGB uint8 [H, W, 3] -> encoded bytes."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise FacelabError(f"cannot encode image of shape {image.shape} as {ext}")
+    return buf.tobytes()
