@@ -1,0 +1,91 @@
+"""Align a whole folder of photos from a landmarks file (`facelab align`)."""
+
+import csv
+import json
+import logging
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facelab.align.warp import align_face, check_landmarks
+from facelab.errors import FacelabError
+from facelab.io import IMAGE_SUFFIXES, encode_image, read_image, write_atomic
+
+log = logging.getLogger(__name__)
+HEADER = ["image", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"]
+MANIFEST = "align.json"
+
+
+def read_landmarks(path: Path) -> dict[str, np.ndarray]:
+    """`image,x1,y1,...,x5,y5` rows -> {relative image path: [5, 2]}; empty fields become NaN (missing)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise FacelabError(f"{path}: cannot read landmarks ({e.strerror})") from None
+    if not rows or [c.strip() for c in rows[0]] != HEADER:
+        raise FacelabError(f"{path}: header must be {','.join(HEADER)}")
+    out = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(HEADER):
+            raise FacelabError(f"{path}:{line}: expected {len(HEADER)} fields, got {len(row)}")
+        try:
+            values = [float(v) if v.strip() else math.nan for v in row[1:]]
+        except ValueError:
+            raise FacelabError(f"{path}:{line}: non-numeric landmark in {row[1:]}") from None
+        out[row[0]] = np.array(values, dtype=np.float64).reshape(5, 2)
+    return out
+
+
+def _align_one(args: tuple[Path, Path, np.ndarray, int]) -> str | None:
+    """Align one photo; returns the reason it was skipped, or None."""
+    cv2.setNumThreads(1)
+    src, dst, landmarks, size = args
+    try:
+        pts = check_landmarks(landmarks, where=str(src))
+        crop = align_face(read_image(src), pts, size=size)
+    except FacelabError as e:
+        return str(e)
+    data = encode_image(crop, dst.suffix.lower() or ".jpg")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dst, lambda tmp: tmp.write_bytes(data))
+    return None
+
+
+def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112, workers: int | None = None) -> dict:
+    """Align every image of `src` listed in `landmarks` into `out` (same relative paths).
+
+    Images whose landmarks are missing, non-finite or degenerate are reported (log and `out/skipped.csv`)
+    and skipped. `out/align.json` is written last: its presence marks a complete output.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise FacelabError(f"{src}: source folder does not exist")
+    table = read_landmarks(landmarks)
+    images = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    skipped = {name: "no landmarks in " + str(landmarks) for name in images if name not in table}
+    for name in table:
+        if not (src / name).is_file():
+            raise FacelabError(f"{landmarks}: image {name!r} not found under {src}")
+    jobs = [(src / n, out / n, table[n], size) for n in images if n in table]
+    (out / MANIFEST).unlink(missing_ok=True)
+    workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            reasons = list(pool.map(_align_one, jobs, chunksize=64))
+    else:
+        reasons = [_align_one(j) for j in jobs]
+    skipped.update({j[0].relative_to(src).as_posix(): r for j, r in zip(jobs, reasons, strict=True) if r})
+    for name, reason in sorted(skipped.items()):
+        log.warning("skipped %s: %s", name, reason)
+    rows = "".join(f"{n},{r.replace(',', ';')}\n" for n, r in sorted(skipped.items()))
+    write_atomic(out / "skipped.csv", lambda tmp: tmp.write_text("image,reason\n" + rows))
+    summary = {"aligned": len(jobs) - sum(r is not None for r in reasons), "skipped": len(skipped), "size": size}
+    write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(summary)))
+    return summary
+

@@ -1,0 +1,187 @@
+"""Training configuration: dataclasses, strict YAML and dotted overrides.
+
+`load_config("configs/demo.yaml", ["optim.lr=0.05"])` returns a `Config`. Every key must be a known
+field (a typo is an error naming the key and the valid ones); values are checked against the field type.
+Free-form mappings (`model.kwargs`, `head.kwargs`) are passed to the registries, which check them.
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from facelab.errors import FacelabError
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # folder of aligned images, one sub-folder per identity
+    val_pairs: list[str] = field(default_factory=list)  # .bin pair sets evaluated during training
+    batch_size: int = 128
+    workers: int = 2  # loader processes; 0 loads in the training process
+    preload: bool = False  # decode the whole set into memory once (small sets, CPU)
+    flip: bool = True  # random horizontal flip
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "iresnet50"
+    embedding_size: int = 512
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
+
+
+@dataclass
+class HeadConfig:
+    margin: str = "arcface"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # margin arguments (s, m, ...)
+    sub_centers: int = 1
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "poly"  # constant | poly | cosine
+    warmup_steps: int = 0  # linear warm-up from 0
+    power: float = 2.0  # poly exponent
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    amp: str = "none"  # none | bf16 | fp16 (autocast; logits and loss stay float32)
+    clip_grad_norm: float = 0.0  # 0 disables
+    device: str = "cpu"
+    channels_last: bool = False
+    log_every: int = 20
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 500
+    progress: bool = True  # tqdm bar on stderr
+    tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output: str = "runs/run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise naming `key`. Ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise FacelabError(f"config {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FacelabError(f"config {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise FacelabError(f"config {key}: expected {tp.__name__}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise FacelabError(f"config {prefix.rstrip('.') or 'file'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise FacelabError(f"config: unknown key {where!r}; valid keys here: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, where + ".")
+        else:
+            kwargs[key] = _check_value(value, tp, where)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise FacelabError(f"config override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise FacelabError(f"config override {item!r}: expected key=value (e.g. optim.lr=0.05)")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe, apply dotted overrides, validate every key and type."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise FacelabError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise FacelabError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise FacelabError(f"{path}: a config must be a mapping of sections")
+    data.setdefault("name", path.stem)
+    try:
+        return config_from_dict(apply_overrides(data, overrides or []))
+    except FacelabError as e:
+        raise FacelabError(f"{path}: {e}") from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def check_choice(value: str, choices: typing.Iterable[str], key: str) -> str:
+    """FacelabError naming `key` unless `value` is one of `choices`."""
+    choices = list(choices)
+    if value not in choices:
+        raise FacelabError(f"config {key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+__all__ = ["Config", "apply_overrides", "check_choice", "config_from_dict", "config_to_dict", "load_config"]

@@ -1,0 +1,1 @@
+"""Training: task (model + head -> loss dict), loop, optimiser, checkpoints, logs."""

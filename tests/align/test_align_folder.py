@@ -1,0 +1,57 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from facelab.align import ARCFACE_112
+from facelab.align.folder import align_folder
+from facelab.errors import FacelabError
+
+
+def _photo(path, landmarks):
+    img = np.full((160, 160, 3), 40, np.uint8)
+    for x, y in landmarks:
+        cv2.circle(img, (int(x), int(y)), 2, (250, 250, 250), -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+def test_folder_alignment_skips_and_reports_bad_faces(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    good = ARCFACE_112 * 1.2 + 10
+    _photo(src / "a" / "0.png", good)
+    _photo(src / "a" / "1.png", good)
+    _photo(src / "b" / "0.png", good)
+    _photo(src / "b" / "nolandmarks.png", good)
+    rows = ["image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5"]
+    rows.append("a/0.png," + ",".join(f"{v:.3f}" for v in good.ravel()))
+    rows.append("a/1.png," + ",".join(["nan"] * 10))
+    rows.append("b/0.png," + ",".join(["5"] * 10))  # all points coincide
+    (tmp_path / "lm.csv").write_text("\n".join(rows) + "\n")
+    summary = align_folder(src, out, tmp_path / "lm.csv", workers=1)
+    assert summary == {"aligned": 1, "skipped": 3, "size": 112}
+    crop = cv2.imread(str(out / "a" / "0.png"))
+    assert crop.shape == (112, 112, 3)
+    x, y = ARCFACE_112[0]
+    assert crop[int(round(y)), int(round(x))].mean() > 150  # the painted eye landed on the template
+    assert not (out / "a" / "1.png").exists() and not (out / "b" / "0.png").exists()
+    skipped = (out / "skipped.csv").read_text()
+    assert "a/1.png" in skipped and "non-finite" in skipped and "b/nolandmarks.png" in skipped
+    assert json.loads((out / "align.json").read_text())["aligned"] == 1
+
+
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("img,x\n", "header must be"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png,1,2\n", r"lm.csv:2: expected 11 fields"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png," + "z," * 9 + "1\n", r"lm.csv:2: non-numeric"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\nzz.png," + "1," * 9 + "1\n", "'zz.png' not found"),
+    ],
+)
+def test_bad_landmark_files(tmp_path, text, msg):
+    _photo(tmp_path / "src" / "a" / "0.png", ARCFACE_112)
+    (tmp_path / "lm.csv").write_text(text)
+    with pytest.raises(FacelabError, match=msg):
+        align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)
