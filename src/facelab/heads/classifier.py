@@ -1,0 +1,127 @@
+"""The one classifier: embeddings -> `Cosines` to this rank's class centres (sharded by class, K sub-centres).
+
+Classes are split over `world_size` ranks in contiguous ranges; this rank holds [start, end). Labels
+are mapped to local columns (-1 where the target lives on another rank) and cos θ_y is shared by
+`target_cos`, whose sum over ranks is the identity at world size 1 (the only case implemented here;
+facelab.distributed replaces it with an all-reduce). Sub-centres (Sub-center ArcFace, Deng et al.
+2020): K centres per class, cos θ_j = max_k cos θ_{j,k}.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facelab.errors import FacelabError
+from facelab.heads.cosines import Cosines
+
+
+def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of the classes rank `rank` holds; the first `num_classes % world_size` ranks get one more."""
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + int(rank < extra)
+
+
+def local_labels(labels: Tensor, start: int, end: int) -> Tensor:
+    """Global labels [B] -> local columns [B]: label - start inside [start, end), -1 elsewhere."""
+    inside = (labels >= start) & (labels < end)
+    return torch.where(inside, labels - start, torch.full_like(labels, -1))
+
+
+def target_cos(cos: Tensor, local: Tensor, world_size: int = 1) -> Tensor:
+    """cos θ_y [B] of every sample, shared across ranks.
+
+    Each rank contributes its column where the target is local and 0 elsewhere; the sum over ranks is
+    cos θ_y. At world size 1 that sum is the local value (with its gradient); a sharded run replaces
+    this function with one that all-reduces the contribution.
+    """
+    picked = cos.gather(1, local.clamp(min=0)[:, None]).squeeze(1)  # [B]
+    contribution = torch.where(local >= 0, picked, torch.zeros_like(picked))
+    if world_size != 1:
+        raise NotImplementedError("sharing cos θ_y across ranks needs the all-reduce of facelab.distributed")
+    return contribution
+
+
+def _positive_int(field: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise FacelabError(f"classifier: {field}={value!r} is invalid: must be an integer >= 1")
+    return value
+
+
+class Classifier(nn.Module):
+    """Class centres W [C_local·K, d] (init N(0, 0.01)) and optional bias; forward gives `Cosines`.
+
+    normalize=True: cos θ_j = <x/|x|, W_j/|W_j|> clamped to [-1, 1], max over the K sub-centres.
+    normalize=False (the plain softmax baseline): raw logits W·x + b in `Cosines.cos`.
+    Computes in float32 (or wider) even under autocast.
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        normalize: bool = True,
+        bias: bool = False,
+        sub_centers: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.embedding_size = _positive_int("embedding_size", embedding_size)
+        self.num_classes = _positive_int("num_classes", num_classes)
+        self.sub_centers = _positive_int("sub_centers", sub_centers)
+        self.world_size = _positive_int("world_size", world_size)
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise FacelabError(f"classifier: rank={rank!r} is invalid: must be in [0, {world_size})")
+        if num_classes < world_size:
+            raise FacelabError(f"classifier: num_classes={num_classes} is smaller than world_size={world_size}")
+        if bias and normalize:
+            raise FacelabError("classifier: bias=True needs normalize=False (a bias has no place in a cosine)")
+        if sub_centers > 1 and not normalize:
+            raise FacelabError(f"classifier: sub_centers={sub_centers} needs normalize=True")
+        self.normalize, self.rank = normalize, rank
+        self.start, self.end = class_range(num_classes, rank, world_size)
+        self.num_local = self.end - self.start
+        self.weight = nn.Parameter(torch.empty(self.num_local * sub_centers, embedding_size).normal_(0.0, 0.01))
+        self.bias = nn.Parameter(torch.zeros(self.num_local)) if bias else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_size={self.embedding_size}, classes=[{self.start}, {self.end}) of {self.num_classes}, "
+            f"normalize={self.normalize}, bias={self.bias is not None}, sub_centers={self.sub_centers}, "
+            f"rank={self.rank}, world_size={self.world_size}"
+        )
+
+    def check_inputs(self, embeddings: Tensor, labels: Tensor) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+            raise FacelabError(
+                f"classifier: embeddings of shape {tuple(embeddings.shape)}, expected [B, {self.embedding_size}]"
+            )
+        if labels.dtype != torch.int64 or labels.shape != embeddings.shape[:1]:
+            raise FacelabError(
+                f"classifier: labels of shape {tuple(labels.shape)} and dtype {labels.dtype}, "
+                f"expected [{embeddings.shape[0]}] int64"
+            )
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise FacelabError(
+                f"classifier: labels must be in [0, {self.num_classes}), got [{int(labels.min())}, {int(labels.max())}]"
+            )
+
+    def cosines(self, x: Tensor) -> Tensor:
+        """cos [B, C_local] (or raw logits when normalize=False) of float embeddings x [B, d]."""
+        weight = self.weight.to(x.dtype)
+        if not self.normalize:
+            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+        cos = F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1)).clamp(-1.0, 1.0)  # [B, C_local*K]
+        if self.sub_centers > 1:
+            cos = cos.view(x.shape[0], self.num_local, self.sub_centers).max(dim=2).values  # [B, C_local]
+        return cos
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Cosines:
+        self.check_inputs(embeddings, labels)
+        dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = embeddings.to(dtype)  # [B, d]
+            cos = self.cosines(x)  # [B, C_local]
+            local = local_labels(labels, self.start, self.end)  # [B]
+            return Cosines(cos, local, target_cos(cos, local, self.world_size), x.norm(dim=1))

@@ -1,0 +1,56 @@
+"""FaceHead: classifier -> margin -> cross-entropy (+ the margin's regulariser), as a loss dict."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facelab.errors import FacelabError
+from facelab.heads.classifier import Classifier
+from facelab.heads.margins import build_margin
+from facelab.heads.margins.base import Margin
+
+
+class FaceHead(nn.Module):
+    """Ties a `Classifier` and a `Margin`; `forward(embeddings [B, d], labels [B])` returns
+    {"loss": total, "ce": cross-entropy, "reg": regulariser (only when the margin has one)}.
+    Logits and cross-entropy are computed in float32 even under autocast.
+    """
+
+    def __init__(self, classifier: Classifier, margin: Margin) -> None:
+        super().__init__()
+        if margin.normalized != classifier.normalize:
+            raise FacelabError(
+                f"head: margin '{margin.name}' needs a classifier with normalize={margin.normalized}, "
+                f"got normalize={classifier.normalize}"
+            )
+        self.classifier, self.margin = classifier, margin
+
+    def forward_with_logits(self, embeddings: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The loss dict and the logits [B, C_local] that entered the cross-entropy (for accuracy logging)."""
+        if self.classifier.world_size != 1:
+            raise NotImplementedError("a sharded head needs the sharded cross-entropy of facelab.distributed")
+        c = self.classifier(embeddings, labels)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            logits = self.margin(c).float()  # [B, C_local]
+            ce = F.cross_entropy(logits, c.labels)
+            losses = {"loss": ce, "ce": ce}
+            reg = self.margin.regularizer(c)
+            if reg is not None:
+                losses["reg"] = reg
+                losses["loss"] = ce + reg
+        return losses, logits
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        return self.forward_with_logits(embeddings, labels)[0]
+
+
+def build_head(
+    margin: str, embedding_size: int, num_classes: int, sub_centers: int = 1, **margin_kwargs: object
+) -> FaceHead:
+    """A FaceHead with `build_margin(margin, **margin_kwargs)` and the classifier that margin needs
+    (cosines without bias, or raw logits W·x + b for the plain `softmax`), with `sub_centers` per class."""
+    m = build_margin(margin, **margin_kwargs)
+    classifier = Classifier(
+        embedding_size, num_classes, normalize=m.normalized, bias=not m.normalized, sub_centers=sub_centers
+    )
+    return FaceHead(classifier, m)

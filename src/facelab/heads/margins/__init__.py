@@ -1,0 +1,37 @@
+"""Margin heads, one file per paper; `MARGINS` maps a registry key to its class."""
+
+import inspect
+
+from facelab.errors import FacelabError
+from facelab.heads.margins.arcface import ArcFace
+from facelab.heads.margins.base import Margin
+from facelab.heads.margins.combined import Combined
+from facelab.heads.margins.cosface import CosFace
+from facelab.heads.margins.normface import NormFace
+from facelab.heads.margins.softmax import Softmax
+from facelab.heads.margins.sphereface import SphereFace
+
+MARGINS: dict[str, type[Margin]] = {
+    cls.name: cls for cls in (Softmax, NormFace, SphereFace, CosFace, ArcFace, Combined)
+}
+
+
+def margin_parameters(name: str) -> list[str]:
+    """The keyword arguments `MARGINS[name]` accepts."""
+    return [p for p in inspect.signature(MARGINS[name].__init__).parameters if p != "self"]
+
+
+def build_margin(name: str, **kwargs: object) -> Margin:
+    """`MARGINS[name](**kwargs)`; an unknown name or parameter raises FacelabError listing the valid ones."""
+    if not isinstance(name, str) or name not in MARGINS:
+        raise FacelabError(f"unknown margin {name!r}; valid choices: {', '.join(sorted(MARGINS))}")
+    valid = margin_parameters(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise FacelabError(
+            f"unknown parameter {unknown[0]!r} for margin {name!r}; valid parameters: {', '.join(valid) or '(none)'}"
+        )
+    return MARGINS[name](**kwargs)
+
+
+__all__ = ["MARGINS", "Margin", "build_margin", "margin_parameters"]

@@ -1,0 +1,326 @@
+"""Every margin against a float64 loop-based transcription of its METHODS.md equation: values and gradients.
+
+A reference target logit is written once as `ref(c, ops, **params)`: run with python floats and the
+`math` module it gives the values; run with 0-d float64 tensors and `TORCH_OPS` it gives gradients by
+autograd. Branches are python `if`s over one scalar at a time, so a NaN leaking from an unselected
+branch of the vectorised code, or a wrong mask, shows up as a mismatch.
+"""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from facelab.errors import FacelabError
+from facelab.heads import MARGINS, Cosines, build_margin
+from facelab.heads.margins import margin_parameters
+
+
+def _scalar(fn):
+    return lambda x: fn(torch.as_tensor(x, dtype=torch.float64))  # a clamped value may be a plain float
+
+
+TORCH_OPS = SimpleNamespace(acos=_scalar(torch.acos), cos=_scalar(torch.cos), sin=_scalar(torch.sin))
+
+
+def clamp(c):
+    return min(max(c, -1.0 + 1e-7), 1.0 - 1e-7)
+
+
+def ref_softmax(c, ops):
+    return c
+
+
+def ref_normface(c, ops, s):
+    return s * c
+
+
+def ref_cosface(c, ops, s, m):
+    return s * (c - m)
+
+
+def ref_arcface(c, ops, s, m, easy_margin, straight_through):
+    theta = ops.acos(clamp(c))
+    if easy_margin:
+        value = ops.cos(theta + m) if c > 0 else c
+    elif theta + m <= math.pi:
+        value = ops.cos(theta + m)
+    else:
+        value = c - m * math.sin(m)
+    if straight_through:
+        value = c + float(value - c) if isinstance(c, float) else c + (value - c).detach()  # derivative of c
+    return s * value
+
+
+def ref_sphereface(c, ops, s, m1):
+    theta = ops.acos(clamp(c))
+    k = 0
+    while theta > (k + 1) * math.pi / m1:  # theta in [k pi/m1, (k+1) pi/m1]
+        k += 1
+    return s * ((-1) ** k * ops.cos(m1 * theta) - 2 * k)
+
+
+def ref_combined(c, ops, s, m1, m2, m3):
+    theta = ops.acos(clamp(c))
+    if m1 * theta + m2 <= math.pi:
+        return s * (ops.cos(m1 * theta + m2) - m3)
+    phi = math.pi - (math.pi - m2) / m1  # documented fallback: generalised ArcFace th/mm
+    mm = max(phi * math.sin(phi), 1 - math.cos(phi))
+    return s * (c - mm - m3)
+
+
+# name -> (target-logit reference, METHODS.md defaults, extra configurations to test)
+REFERENCE = {
+    "softmax": (ref_softmax, {}, [{}]),
+    "normface": (ref_normface, {"s": 64.0}, [{}, {"s": 30.0}]),
+    "sphereface": (ref_sphereface, {"s": 64.0, "m1": 1.35}, [{}, {"m1": 1.0}, {"m1": 2.5}, {"m1": 4.0, "s": 30.0}]),
+    "cosface": (ref_cosface, {"s": 64.0, "m": 0.35}, [{}, {"m": 0.2, "s": 30.0}]),
+    "arcface": (
+        ref_arcface,
+        {"s": 64.0, "m": 0.5, "easy_margin": False, "straight_through": False},
+        [{}, {"m": 0.3, "s": 30.0}, {"easy_margin": True}, {"straight_through": True}],
+    ),
+    "combined": (
+        ref_combined,
+        {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
+        [{}, {"m1": 1.35}, {"m1": 2.0, "m2": 0.5, "m3": 0.1}, {"m1": 1.0, "m2": 0.5, "m3": 0.0}],
+    ),
+}
+CASES = [(name, config) for name, (_, _, configs) in REFERENCE.items() for config in configs]
+
+# target angles: exactly 0 and pi (|cos| = 1), near them, both sides of every fallback threshold
+THETAS = [0.0, 1e-3, 0.2, 0.7, 1.2, math.pi / 2, 2.0, 2.5, 2.7, 2.9, 3.0, math.pi - 1e-3, math.pi]
+NUM_CLASSES = 5
+
+
+def batch(thetas, dtype=torch.float64, seed=0):
+    """cos [B+1, C] with row i's target at angle thetas[i]; the last row has label -1 (target elsewhere)."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(thetas)
+    cos = torch.rand(b + 1, NUM_CLASSES, generator=g, dtype=torch.float64) * 2 - 1
+    labels = torch.tensor([i % NUM_CLASSES for i in range(b)] + [-1])
+    for i, theta in enumerate(thetas):
+        cos[i, labels[i]] = -1.0 if theta == math.pi else math.cos(theta)
+    return cos.to(dtype), labels
+
+
+def cosines(cos, labels):
+    """Cosines as a world-size-1 classifier builds them: target_cos gathered from cos (0.3 for label -1)."""
+    picked = cos.gather(1, labels.clamp(min=0)[:, None]).squeeze(1)
+    target = torch.where(labels >= 0, picked, torch.full_like(picked, 0.3))
+    return Cosines(cos, labels, target, torch.ones_like(picked))
+
+
+def reference_logits(name, params, cos, labels, ops):
+    """Loops over samples and classes; cos is a list of lists of floats (math) or a tensor (torch)."""
+    ref = REFERENCE[name][0]
+    base = (lambda c: c) if name == "softmax" else (lambda c: params["s"] * c)
+    rows = []
+    for i in range(len(labels)):
+        row = [ref(cos[i][j], ops, **params) if j == labels[i] else base(cos[i][j]) for j in range(NUM_CLASSES)]
+        rows.append(row)
+    return rows
+
+
+def module_and_reference(name, config, thetas=THETAS):
+    params = {**REFERENCE[name][1], **config}
+    margin = build_margin(name, **config)
+    cos, labels = batch(thetas)
+    weights = torch.randn(cos.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    leaf = cos.clone().requires_grad_(True)
+    logits = margin(cosines(leaf, labels))
+    (grad,) = torch.autograd.grad((logits * weights).sum(), leaf)
+
+    values = torch.tensor(reference_logits(name, params, cos.tolist(), labels.tolist(), math), dtype=torch.float64)
+    ref_leaf = cos.clone().requires_grad_(True)
+    ref_rows = reference_logits(name, params, ref_leaf, labels.tolist(), TORCH_OPS)
+    ref_logits = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in r]) for r in ref_rows])
+    (ref_grad,) = torch.autograd.grad((ref_logits * weights).sum(), ref_leaf)
+    return logits.detach(), grad, values, ref_logits.detach(), ref_grad
+
+
+def test_every_registry_entry_has_a_reference():
+    assert set(REFERENCE) == set(MARGINS)
+
+
+@pytest.mark.parametrize("name", sorted(MARGINS))
+def test_defaults_follow_methods(name):
+    defaults = REFERENCE[name][1]
+    assert set(margin_parameters(name)) == set(defaults)
+    margin = MARGINS[name]()
+    assert margin.name == name
+    for field, value in defaults.items():
+        assert getattr(margin, field) == value, field
+    assert margin.normalized == (name != "softmax")
+
+
+@pytest.mark.parametrize(("name", "config"), CASES)
+def test_values_and_gradients_match_reference(name, config):
+    logits, grad, values, ref_logits, ref_grad = module_and_reference(name, config)
+    torch.testing.assert_close(ref_logits, values, rtol=1e-12, atol=1e-12)  # the two runs of the reference
+    assert torch.isfinite(grad).all()
+    # At |cos| = 1 exactly only the clamp convention decides (the reference takes acos(clamp(c)), ArcFace
+    # uses the cos/sin expansion): values agree to s·1e-7, gradients need only be finite.
+    edge = batch(THETAS)[0].abs() == 1.0
+    torch.testing.assert_close(logits[edge], values[edge], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[~edge], values[~edge], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad[~edge], ref_grad[~edge], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("name", "config"), [c for c in CASES if not c[1].get("straight_through")])
+def test_gradients_match_finite_differences(name, config):
+    margin = build_margin(name, **config)
+    interior = [0.2, 0.7, 1.2, 2.0, 2.5, 2.75, 3.0]  # away from kinks, clamps and the easy_margin switch
+    cos, labels = batch(interior)
+
+    def logits(c):
+        return margin(cosines(c, labels))
+
+    assert torch.autograd.gradcheck(logits, (cos.requires_grad_(True),), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "config"), CASES)
+def test_float32_finite_at_abs_cos_one(name, config):
+    margin = build_margin(name, **config)
+    cos, labels = batch([0.0, 1e-4, math.pi - 1e-4, math.pi], dtype=torch.float32)
+    leaf = cos.clone().requires_grad_(True)
+    logits = margin(cosines(leaf, labels))
+    logits.sum().backward()
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all() and torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(MARGINS))
+def test_rows_without_local_target_untouched_and_input_kept(name):
+    cos, labels = batch(THETAS)
+    before = cos.clone()
+    logits = build_margin(name)(cosines(cos, labels))
+    scale = 1.0 if name == "softmax" else 64.0
+    torch.testing.assert_close(logits[-1], scale * cos[-1], rtol=0, atol=0)
+    assert torch.equal(cos, before)
+    non_target = torch.ones_like(cos, dtype=torch.bool)
+    non_target[torch.arange(len(THETAS)), labels[:-1]] = False
+    torch.testing.assert_close(logits[non_target], scale * cos[non_target], rtol=0, atol=0)
+
+
+def target_curve(margin, thetas):
+    """Target logit and d logit / d cos along the given target angles (one sample per angle)."""
+    cos = torch.cos(thetas).clamp(-1, 1).requires_grad_(True)
+    c = Cosines(cos[:, None], torch.zeros(len(thetas), dtype=torch.int64), cos, torch.ones_like(cos))
+    logit = margin(c)[:, 0]
+    (grad,) = torch.autograd.grad(logit.sum(), cos)
+    return logit.detach(), grad
+
+
+@pytest.mark.parametrize("m", [0.2, 0.35, 0.5])
+def test_combined_without_angular_margin_is_cosface(m):
+    thetas = torch.linspace(0, math.pi, 301, dtype=torch.float64)
+    a = target_curve(build_margin("combined", m1=1.0, m2=0.0, m3=m), thetas)
+    b = target_curve(build_margin("cosface", m=m), thetas)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [0.3, 0.5, 1.2])
+def test_combined_without_cosine_margin_is_arcface(m):
+    thetas = torch.linspace(0, math.pi, 301, dtype=torch.float64)  # covers the fallback region too
+    a = target_curve(build_margin("combined", m1=1.0, m2=m, m3=0.0), thetas)
+    b = target_curve(build_margin("arcface", m=m), thetas)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m1", [1.0, 1.35, 2.5, 4.0])
+def test_sphereface_psi_monotone_decreasing(m1):
+    thetas = torch.linspace(0, math.pi, 2001, dtype=torch.float64)
+    logit, _ = target_curve(build_margin("sphereface", m1=m1, s=1.0), thetas)
+    assert (logit.diff() < 0).all()
+    assert logit[0] == pytest.approx(1.0, abs=1e-5)
+    k = math.ceil(m1) - 1  # piece holding theta = pi; psi(pi) = (-1)^k cos(m1 pi) - 2k
+    psi_pi = (-1) ** k * math.cos(m1 * math.pi) - 2 * k
+    assert logit[-1] == pytest.approx(psi_pi, abs=m1 * 5e-4)  # theta = pi is clamped to pi - 4.5e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("arcface", {}),
+        ("arcface", {"m": 1.5}),
+        ("combined", {}),
+        ("combined", {"m1": 1.35}),
+        ("combined", {"m1": 2.0, "m2": 0.5}),
+        ("combined", {"m1": 4.0, "m2": 0.0, "m3": 0.0}),
+    ],
+)
+def test_fallback_keeps_logit_monotone(name, config):
+    thetas = torch.linspace(0, math.pi, 2001, dtype=torch.float64)
+    logit, grad = target_curve(build_margin(name, **config), thetas)
+    assert (logit.diff() <= 0).all()
+    assert (grad >= 0).all() and torch.isfinite(grad).all()
+
+
+def test_arcface_fallback_branch():
+    m, s = 0.5, 64.0
+    thetas = torch.tensor([2.0, math.pi - m - 0.01, math.pi - m + 0.01, 3.0], dtype=torch.float64)
+    logit, grad = target_curve(build_margin("arcface", m=m, s=s), thetas)
+    c = torch.cos(thetas)
+    expected = [math.cos(2.0 + m), math.cos(math.pi - 0.01), c[2] - m * math.sin(m), c[3] - m * math.sin(m)]
+    torch.testing.assert_close(logit, s * torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(grad[2:], torch.full((2,), s, dtype=torch.float64))  # fallback is linear in cos
+
+
+def test_arcface_easy_margin():
+    m, s = 0.5, 64.0
+    thetas = torch.tensor([0.3, 1.0, 2.0, 3.0], dtype=torch.float64)
+    logit, grad = target_curve(build_margin("arcface", m=m, s=s, easy_margin=True), thetas)
+    expected = [math.cos(0.3 + m), math.cos(1.0 + m), math.cos(2.0), math.cos(3.0)]  # no margin where cos <= 0
+    torch.testing.assert_close(logit, s * torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(grad[2:], torch.full((2,), s, dtype=torch.float64))
+
+
+def test_arcface_straight_through_values_of_arcface_gradients_of_normface():
+    thetas = torch.linspace(0, math.pi, 101, dtype=torch.float64)
+    st_logit, st_grad = target_curve(build_margin("arcface", s=32.0, straight_through=True), thetas)
+    arc_logit, arc_grad = target_curve(build_margin("arcface", s=32.0), thetas)
+    _, norm_grad = target_curve(build_margin("normface", s=32.0), thetas)
+    torch.testing.assert_close(st_logit, arc_logit, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(st_grad, norm_grad, rtol=0, atol=0)
+    torch.testing.assert_close(st_grad, torch.full_like(st_grad, 32.0))
+    assert not torch.allclose(arc_grad, norm_grad)
+
+
+def test_build_margin_unknown_name_lists_choices():
+    with pytest.raises(FacelabError) as err:
+        build_margin("arcfase")
+    assert "arcfase" in str(err.value)
+    assert all(name in str(err.value) for name in MARGINS)
+
+
+def test_build_margin_unknown_parameter_lists_parameters():
+    with pytest.raises(FacelabError) as err:
+        build_margin("arcface", margin=0.5)
+    assert "'margin'" in str(err.value)
+    assert all(p in str(err.value) for p in ("s", "m", "easy_margin", "straight_through"))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "field"),
+    [
+        ("normface", {"s": 0.0}, "s"),
+        ("cosface", {"s": -1.0}, "s"),
+        ("cosface", {"m": -0.1}, "m"),
+        ("arcface", {"m": "0.5"}, "m"),
+        ("arcface", {"m": 2.0}, "m"),
+        ("arcface", {"easy_margin": 1}, "easy_margin"),
+        ("arcface", {"s": float("nan")}, "s"),
+        ("arcface", {"s": True}, "s"),
+        ("sphereface", {"m1": 0.5}, "m1"),
+        ("combined", {"m2": -0.3}, "m2"),
+        ("combined", {"m3": -0.2}, "m3"),
+    ],
+)
+def test_build_margin_invalid_value(name, kwargs, field):
+    with pytest.raises(FacelabError, match=f"'{name}': {field}="):
+        build_margin(name, **kwargs)
