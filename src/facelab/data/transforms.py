@@ -1,15 +1,39 @@
-"""Model input preprocessing. Stored with every checkpoint so a model is evaluated as it was trained."""
+"""Model input preprocessing. Stored with every checkpoint so a model is evaluated as it was trained.
 
+Images travel as RGB uint8; the model sees float (x/255 - mean)/std in its own colour order.
+"""
+
+import numpy as np
 import torch
+
+from facelab.errors import FacelabError
 
 # The insightface convention: RGB, (x/255 - 0.5)/0.5, ArcFace 112×112 template.
 PREPROCESS_DEFAULT: dict = {"template": "arcface112", "size": 112, "colour": "RGB", "mean": 0.5, "std": 0.5}
 
 
-def to_input(images: torch.Tensor, preprocess: dict | None = None) -> torch.Tensor:
-    """uint8 RGB [B, 3, H, W] -> float [B, 3, H, W] as the model expects (colour order, mean/std)."""
-    p = preprocess or PREPROCESS_DEFAULT
+def check_preprocess(preprocess: dict | None) -> dict:
+    """PREPROCESS_DEFAULT updated with `preprocess`; unknown keys or bad values are errors."""
+    pre = {**PREPROCESS_DEFAULT, **(preprocess or {})}
+    unknown = set(pre) - set(PREPROCESS_DEFAULT)
+    if unknown:
+        raise FacelabError(f"preprocess: unknown key(s) {sorted(unknown)}; known: {sorted(PREPROCESS_DEFAULT)}")
+    if pre["colour"] not in ("RGB", "BGR"):
+        raise FacelabError(f"preprocess.colour must be 'RGB' or 'BGR', got {pre['colour']!r}")
+    for key in ("mean", "std"):
+        v = np.asarray(pre[key], dtype=np.float64)
+        if v.shape not in ((), (3,)) or not np.isfinite(v).all():
+            raise FacelabError(f"preprocess.{key} must be a number or 3 numbers, got {pre[key]!r}")
+    if np.any(np.asarray(pre["std"]) == 0):
+        raise FacelabError("preprocess.std must be non-zero")
+    return pre
+
+
+def to_input(images: torch.Tensor, preprocess: dict) -> torch.Tensor:
+    """uint8 RGB [B, 3, H, W] -> float32 [B, 3, H, W] as the model expects (checked `preprocess`)."""
     x = images.float().div(255.0)
-    if p["colour"] == "BGR":
+    if preprocess["colour"] == "BGR":
         x = x.flip(1)
-    return (x - p["mean"]) / p["std"]
+    mean = torch.as_tensor(preprocess["mean"], dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
+    std = torch.as_tensor(preprocess["std"], dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
+    return (x - mean) / std

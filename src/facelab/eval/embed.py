@@ -1,0 +1,102 @@
+"""Embed aligned face crops for evaluation, insightface style: f(x) + f(flip(x)), then L2-normalise.
+
+Images arrive as RGB uint8 [N, H, W, 3] (112x112 arcface crops from `facelab.data.pairsets.load_bin`).
+Preprocessing follows the checkpoint's record (`PREPROCESS_DEFAULT` is arcface_torch's): reverse the
+channels first when the model was trained on BGR, then x / 255 and (x - mean) / std.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from facelab.data.transforms import check_preprocess, to_input
+from facelab.errors import FacelabError
+from facelab.eval.verification import verify_pairs
+
+log = logging.getLogger(__name__)
+
+_EMBED_KW = ("batch_size", "flip", "preprocess", "device")
+_VERIFY_KW = ("folds", "far_target", "threshold_rule", "spread")
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Model output as [B, d]; a tuple/list output contributes its first element (the embedding)."""
+    out = model(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        shape = getattr(out, "shape", type(out).__name__)
+        raise FacelabError(f"embed_images: the model must return [B, d] embeddings, got {shape}")
+    return out
+
+
+def _check_images(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise FacelabError(f"embed_images: images must be RGB uint8 [N, H, W, 3], got {desc}")
+    if len(images) == 0:
+        raise FacelabError("embed_images: no images given")
+
+
+def embed_images(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 256,
+    flip: bool = True,
+    preprocess: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """L2-normalised embeddings float32 [N, d] of RGB uint8 images [N, H, W, 3].
+
+    With flip (insightface's test-time rule) the embedding is f(x) + f(horizontal flip of x), summed
+    before normalising. The model must already live on `device`; it runs in eval mode under no_grad and
+    every submodule's training flag is restored afterwards.
+    """
+    _check_images(images)
+    if batch_size < 1:
+        raise FacelabError(f"embed_images: batch_size must be >= 1, got {batch_size}")
+    pre = check_preprocess(preprocess)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
+                x = to_input(batch.to(device), pre)  # [B, 3, H, W]
+                emb = _forward(model, x)  # [B, d]
+                if flip:
+                    emb = emb + _forward(model, torch.flip(x, dims=[3]))
+                chunks.append(emb.float().cpu().numpy())
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    emb = np.concatenate(chunks)  # [N, d]
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)  # [N, 1]
+    return (emb / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+def evaluate_pairsets(model: nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]], **kw) -> dict[str, dict]:
+    """verify_pairs on each named pair set {name: (images [2N, H, W, 3], same [N])}, pairs interleaved.
+
+    Keyword arguments go to embed_images (batch_size, flip, preprocess, device) or verify_pairs
+    (folds, far_target, threshold_rule, spread). Returns {name: verify_pairs result}.
+    """
+    unknown = set(kw) - set(_EMBED_KW) - set(_VERIFY_KW)
+    if unknown:
+        raise FacelabError(f"evaluate_pairsets: unknown option(s) {sorted(unknown)}")
+    embed_kw = {k: v for k, v in kw.items() if k in _EMBED_KW}
+    verify_kw = {k: v for k, v in kw.items() if k in _VERIFY_KW}
+    results = {}
+    for name, (images, same) in sets.items():
+        same = np.asarray(same)
+        if len(images) != 2 * len(same):
+            raise FacelabError(f"pair set {name!r}: {len(images)} images for {len(same)} pairs (need 2 per pair)")
+        emb = embed_images(model, images, **embed_kw)  # [2N, d]
+        results[name] = verify_pairs(emb[0::2], emb[1::2], same, **verify_kw)
+        log.info("%s: accuracy %.4f ± %.4f", name, results[name]["accuracy"], results[name]["accuracy_std"])
+    return results
