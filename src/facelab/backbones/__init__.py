@@ -1,0 +1,49 @@
+"""Backbones: [B, 3, 112, 112] normalised faces ((x/255 - 0.5)/0.5) -> un-normalised embeddings [B, d].
+
+`BACKBONES` is the registry (name -> factory); `build_backbone` checks the name and keyword arguments
+and turns mistakes into a FacelabError.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from facelab.backbones.flops import count_macs
+from facelab.backbones.iresnet import IRESNET_LAYERS, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
+from facelab.backbones.mobilefacenet import mobilefacenet
+from facelab.backbones.neck import FC_BN_MODES, Neck
+from facelab.backbones.tiny import tiny
+from facelab.errors import FacelabError
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "iresnet18": iresnet18,
+    "iresnet34": iresnet34,
+    "iresnet50": iresnet50,
+    "iresnet100": iresnet100,
+    "iresnet200": iresnet200,
+    "mobilefacenet": mobilefacenet,
+    "tiny": tiny,
+}
+
+
+def build_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Module:
+    """BACKBONES[name](embedding_size=..., **kwargs); unknown names or keyword arguments raise FacelabError."""
+    if name not in BACKBONES:
+        raise FacelabError(f"unknown backbone {name!r}; choices: {', '.join(BACKBONES)}")
+    factory = BACKBONES[name]
+    accepted = [p for p in inspect.signature(factory).parameters if p != "embedding_size"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise FacelabError(
+            f"backbone {name!r} got unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
+        raise FacelabError(f"backbone embedding_size must be a positive integer, got {embedding_size!r}")
+    return factory(embedding_size=embedding_size, **kwargs)
+
+
+__all__ = ["BACKBONES", "FC_BN_MODES", "IRESNET_LAYERS", "Neck", "build_backbone", "count_macs"]
