@@ -1,0 +1,130 @@
+"""`facelab` command line: one sub-command per job. Bad input -> one line on stderr, exit 2."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from facelab.errors import FacelabError
+
+log = logging.getLogger("facelab")
+
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    from facelab.data.synthetic import run_synth
+
+    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers)
+    log.info("synthetic data in %s: %s", a.out, summary)
+    return 0
+
+
+def _cmd_align(a: argparse.Namespace) -> int:
+    from facelab.align.folder import align_folder
+
+    summary = align_folder(a.src, a.out, a.landmarks, size=a.size, workers=a.workers)
+    log.info("aligned %d images into %s, skipped %d (see skipped.csv)", summary["aligned"], a.out, summary["skipped"])
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from facelab.config import load_config
+    from facelab.train.loop import train
+
+    cfg = load_config(_recipe(a.config), a.overrides)
+    summary = train(cfg, resume=a.resume)
+    _print_results(summary["pairs"])
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from facelab.eval.run import evaluate_checkpoint
+
+    results = evaluate_checkpoint(a.checkpoint, a.pairs, a.out, batch_size=a.batch_size, flip=not a.no_flip)
+    _print_results(results)
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from facelab.demo import run_demo
+
+    summary = run_demo(Path(a.out), Path(a.data), quick=a.quick)
+    _print_results(summary["pairs"])
+    print(f"wall time {summary['wall_seconds']:.0f} s; results in {a.out}/metrics.json and {a.out}/roc.png")
+    return 0
+
+
+def _recipe(name: str) -> Path:
+    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not shipped.exists():
+        raise FacelabError(f"{name}: no such config file or shipped recipe")
+    return shipped
+
+
+def _print_results(results: dict) -> None:
+    from facelab.eval.report import format_table
+
+    if results:
+        print(format_table(results))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facelab", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate synthetic identities, photos, landmarks and pair sets")
+    s.add_argument("out", type=Path)
+    s.add_argument("--identities", type=int, default=1000)
+    s.add_argument("--images-per-identity", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--pairs", type=int, default=3000, help="pairs per verification set (0: none)")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("align", help="5-point similarity alignment of a folder of photos")
+    s.add_argument("src", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--landmarks", type=Path, required=True, help="CSV: image,x1,y1,...,x5,y5")
+    s.add_argument("--size", type=int, default=112)
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=_cmd_align)
+
+    s = sub.add_parser("train", help="train from a YAML recipe")
+    s.add_argument("config", help="a YAML file or a shipped recipe name (demo)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05")
+    s.add_argument("--resume", action="store_true", help="continue the run in the config's output folder")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", help="pair verification of a checkpoint on .bin sets")
+    s.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    s.add_argument("--pairs", nargs="+", type=Path, required=True)
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--no-flip", action="store_true", help="do not add the flipped image's embedding")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--data", default="data/synth")
+    s.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (numbers meaningless)")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except FacelabError as e:
+        print(f"facelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facelab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,70 @@
+"""The command line: bad input gives one error line and exit 2; the sub-commands run end to end."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+from facelab.cli import main
+from facelab.data.pairsets import write_bin
+
+
+def _folder(root, ids=4, per=3):
+    rng = np.random.default_rng(0)
+    for c in range(ids):
+        base = cv2.resize(rng.uniform(0, 255, (3, 3, 3)), (112, 112))
+        for k in range(per):
+            p = root / f"{c}" / f"{k}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
+
+
+def _recipe(tmp_path):
+    _folder(tmp_path / "train")
+    rng = np.random.default_rng(1)
+    write_bin(tmp_path / "v.bin", list(rng.integers(0, 255, (40, 112, 112, 3), dtype=np.uint8)), [True, False] * 10)
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(
+        f"output: {tmp_path / 'run'}\n"
+        f"data: {{train: {tmp_path / 'train'}, batch_size: 4, workers: 0, val_pairs: [{tmp_path / 'v.bin'}]}}\n"
+        "model: {backbone: tiny, embedding_size: 8}\n"
+        "head: {margin: cosface, kwargs: {s: 8.0}}\n"
+        "train: {steps: 2, progress: false, tensorboard: false}\n"
+    )
+    return cfg
+
+
+def test_train_then_eval(tmp_path, capsys):
+    cfg = _recipe(tmp_path)
+    assert main(["train", str(cfg)]) == 0
+    assert "| v |" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run"), "--pairs", str(tmp_path / "v.bin"), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["pairs"]["v"]["pairs"] == 20 and (tmp_path / "ev" / "roc.png").exists()
+    # the run exists: training again without --resume is refused, with --resume at the end it is a no-op
+    assert main(["train", str(cfg)]) == 2
+    assert "holds a run already" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_exit_2(tmp_path, capsys):
+    cfg = _recipe(tmp_path)
+    cases = [
+        (["train", str(cfg), "train.stepz=3"], "unknown key 'train.stepz'"),
+        (["train", str(tmp_path / "nope.yaml")], "nope.yaml"),
+        (["train", "no-such-recipe"], "no such config file or shipped recipe"),
+        (["train", str(cfg), "head.margin=arcfase"], "arcfase"),
+        (["eval", str(tmp_path), "--pairs", str(tmp_path / "v.bin")], "no checkpoint found"),
+        (["align", str(tmp_path / "train"), str(tmp_path / "al"), "--landmarks", str(cfg)], "header must be"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("facelab: error:") and msg in err[0], (argv, err)
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "facelab", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("synth", "align", "train", "eval", "demo"):
+        assert cmd in out.stdout
