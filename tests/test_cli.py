@@ -68,3 +68,14 @@ def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "facelab", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("synth", "align", "train", "eval", "demo"):
         assert cmd in out.stdout
+
+
+def test_convert_then_train_on_recordio(tmp_path, capsys):
+    cfg = _recipe(tmp_path)
+    assert main(["convert", str(tmp_path / "train"), str(tmp_path / "rec"), "--to", "rec"]) == 0
+    assert (tmp_path / "rec" / "train.rec").exists() and (tmp_path / "rec" / "property").exists()
+    out = tmp_path / "recrun"
+    assert main(["train", str(cfg), f"data.train={tmp_path / 'rec'}", f"output={out}", "train.steps=1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["train"]["num_classes"] == 4
+    assert main(["convert", str(tmp_path / "train"), str(tmp_path / "rec")]) == 2  # never overwrites
+    assert "rec" in capsys.readouterr().err

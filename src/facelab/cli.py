@@ -26,6 +26,14 @@ def _cmd_align(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from facelab.data.convert import convert
+
+    summary = convert(a.src, a.dst, fmt=a.to)
+    log.info("converted %s -> %s: %s", a.src, a.dst, summary)
+    return 0
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     from facelab.config import load_config
     from facelab.train.loop import train
@@ -92,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=112)
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=_cmd_align)
+
+    s = sub.add_parser("convert", help="convert between image folders, RecordIO and file lists (bytes kept)")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    s.add_argument("--to", default=None, help="folder | rec | list (default: from DST's name)")
+    s.set_defaults(func=_cmd_convert)
 
     s = sub.add_parser("train", help="train from a YAML recipe")
     s.add_argument("config", help="a YAML file or a shipped recipe name (demo)")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from facelab.config import Config, check_choice, config_to_dict
-from facelab.data.folder import ImageFolderDataset
+from facelab.data import open_training_set
 from facelab.data.pairsets import load_bin
 from facelab.data.samplers import EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
@@ -85,7 +85,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
 
-    dataset = ImageFolderDataset(cfg.data.train, preload=cfg.data.preload)
+    dataset = open_training_set(cfg.data.train, preload=cfg.data.preload)
     val_sets = {Path(p).stem: load_bin(p) for p in cfg.data.val_pairs}
     preprocess = {**PREPROCESS_DEFAULT, "size": int(dataset[0][0].shape[-1])}
     task = FaceTask(cfg, dataset.num_classes, preprocess).to(device)
