@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# (a looser spec would download a multi-GB CUDA build). pyproject only asks torch>=2.3.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# optional MTCNN weights (facelab align --detector mtcnn); --no-deps: the package pins an old torch,
+	# facelab only reads its weight files and never imports it
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -21,6 +21,12 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 def _cmd_align(a: argparse.Namespace) -> int:
     from facelab.align.folder import align_folder
 
+    if a.detector:
+        from facelab.align.detect import landmarks_for_folder
+
+        a.landmarks = a.out / "landmarks.csv"
+        found = landmarks_for_folder(a.src, a.landmarks, workers=a.workers)
+        log.info("%s: faces found in %d of %d images", a.detector, found["faces"], found["images"])
     summary = align_folder(a.src, a.out, a.landmarks, size=a.size, workers=a.workers)
     log.info("aligned %d images into %s, skipped %d (see skipped.csv)", summary["aligned"], a.out, summary["skipped"])
     return 0
@@ -96,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("align", help="5-point similarity alignment of a folder of photos")
     s.add_argument("src", type=Path)
     s.add_argument("out", type=Path)
-    s.add_argument("--landmarks", type=Path, required=True, help="CSV: image,x1,y1,...,x5,y5")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--landmarks", type=Path, help="CSV: image,x1,y1,...,x5,y5 (image paths relative to SRC)")
+    where.add_argument("--detector", choices=["mtcnn"], help="detect faces and 5 landmarks (make setup-detector)")
     s.add_argument("--size", type=int, default=112)
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=_cmd_align)

@@ -26,7 +26,7 @@ def test_folder_alignment_skips_and_reports_bad_faces(tmp_path):
     _photo(src / "b" / "nolandmarks.png", good)
     rows = ["image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5"]
     rows.append("a/0.png," + ",".join(f"{v:.3f}" for v in good.ravel()))
-    rows.append("a/1.png," + ",".join(["nan"] * 10))
+    rows.append("a/1.png," + ",".join(["nan"] * 9 + ["3"]))
     rows.append("b/0.png," + ",".join(["5"] * 10))  # all points coincide
     (tmp_path / "lm.csv").write_text("\n".join(rows) + "\n")
     summary = align_folder(src, out, tmp_path / "lm.csv", workers=1)
@@ -55,3 +55,10 @@ def test_bad_landmark_files(tmp_path, text, msg):
     (tmp_path / "lm.csv").write_text(text)
     with pytest.raises(FacelabError, match=msg):
         align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)
+
+
+def test_empty_landmark_row_means_no_face(tmp_path):
+    _photo(tmp_path / "src" / "a" / "0.png", ARCFACE_112)
+    (tmp_path / "lm.csv").write_text("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png" + "," * 10 + "\n")
+    assert align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)["skipped"] == 1
+    assert "no face found" in (tmp_path / "out" / "skipped.csv").read_text()

@@ -13,6 +13,8 @@ def check_landmarks(landmarks: np.ndarray, where: str = "landmarks") -> np.ndarr
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape != (5, 2):
         raise FacelabError(f"{where}: expected 5 (x, y) points, got shape {pts.shape}")
+    if np.isnan(pts).all():
+        raise FacelabError(f"{where}: no landmarks (no face found)")
     if not np.isfinite(pts).all():
         raise FacelabError(f"{where}: non-finite landmark coordinates {pts.tolist()}")
     # degenerate: all points (nearly) coincide or the eyes coincide -> no defined scale/rotation
