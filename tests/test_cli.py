@@ -79,3 +79,16 @@ def test_convert_then_train_on_recordio(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["train"]["num_classes"] == 4
     assert main(["convert", str(tmp_path / "train"), str(tmp_path / "rec")]) == 2  # never overwrites
     assert "rec" in capsys.readouterr().err
+
+
+def test_heads_with_classifier_needs_train_from_a_config(tmp_path, capsys):
+    """One config line switches the head; sub-centres, AdaCos' class count, AdaM's per-class margins and
+    softmax's bias come from the head builder (every head's training is covered in tests/heads)."""
+    cfg = _recipe(tmp_path)
+    for name in ("subcenter_arcface", "adacos", "adam_softmax", "softmax"):
+        out = tmp_path / f"run-{name}"
+        assert main(["train", str(cfg), f"head.margin={name}", "head.kwargs={}", f"output={out}"]) == 0, name
+    ckpt = __import__("torch").load(tmp_path / "run-subcenter_arcface" / "checkpoint.pt", weights_only=True)
+    assert ckpt["head"]["classifier.weight"].shape[0] == 4 * 3  # 4 classes × K=3 sub-centres
+    assert main(["train", str(cfg), "head.margin=adacos", "head.kwargs={num_classes: 9}", f"output={tmp_path}/x"]) == 2
+    assert "head.kwargs.num_classes" in capsys.readouterr().err

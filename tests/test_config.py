@@ -21,6 +21,8 @@ def test_overrides(tmp_path):
     cfg = load_config(p, ["optim.lr=0.05", "data.val_pairs=[a.bin, b.bin]", "head.kwargs.m=0.3", "train.amp=bf16"])
     assert cfg.optim.lr == 0.05 and cfg.data.val_pairs == ["a.bin", "b.bin"]
     assert cfg.head.kwargs == {"m": 0.3} and cfg.train.amp == "bf16"
+    assert cfg.head.sub_centers is None
+    assert load_config(p, ["head.sub_centers=3"]).head.sub_centers == 3
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,7 @@ def test_overrides(tmp_path):
         ({"data": {"val_pairs": "a.bin"}}, "data.val_pairs: expected a list"),
         ({"optim": 3}, "optim: expected a mapping"),
         ({"optim": {"lr": "fast"}}, "optim.lr: expected float"),
+        ({"head": {"sub_centers": "three"}}, "head.sub_centers: expected int"),
     ],
 )
 def test_errors_name_the_key(data, msg):

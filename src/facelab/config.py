@@ -6,6 +6,7 @@ Free-form mappings (`model.kwargs`, `head.kwargs`) are passed to the registries,
 """
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ class ModelConfig:
 class HeadConfig:
     margin: str = "arcface"
     kwargs: dict[str, Any] = field(default_factory=dict)  # margin arguments (s, m, ...)
-    sub_centers: int = 1
+    sub_centers: int | None = None  # class sub-centres K; None: the margin's default (3 for subcenter_arcface)
 
 
 @dataclass
@@ -89,6 +90,9 @@ class Config:
 def _check_value(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp`, or raise naming `key`. Ints are accepted for floats."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # `X | None`
+        (inner,) = [t for t in typing.get_args(tp) if t is not type(None)]
+        return None if value is None else _check_value(value, inner, key)
     if origin is list:
         if not isinstance(value, list):
             raise FacelabError(f"config {key}: expected a list, got {value!r}")

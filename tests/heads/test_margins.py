@@ -141,11 +141,12 @@ def module_and_reference(name, config, thetas=THETAS):
     return logits.detach(), grad, values, ref_logits.detach(), ref_grad
 
 
-def test_every_registry_entry_has_a_reference():
-    assert set(REFERENCE) == set(MARGINS)
+def test_every_reference_is_registered():
+    """The other half, every registry entry covered here or in test_margins_wave2.py, is tested there."""
+    assert set(REFERENCE) <= set(MARGINS)
 
 
-@pytest.mark.parametrize("name", sorted(MARGINS))
+@pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_defaults_follow_methods(name):
     defaults = REFERENCE[name][1]
     assert set(margin_parameters(name)) == set(defaults)
@@ -192,7 +193,7 @@ def test_float32_finite_at_abs_cos_one(name, config):
     assert torch.isfinite(logits).all() and torch.isfinite(leaf.grad).all()
 
 
-@pytest.mark.parametrize("name", sorted(MARGINS))
+@pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_rows_without_local_target_untouched_and_input_kept(name):
     cos, labels = batch(THETAS)
     before = cos.clone()

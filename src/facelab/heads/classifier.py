@@ -4,7 +4,9 @@ Classes are split over `world_size` ranks in contiguous ranges; this rank holds 
 are mapped to local columns (-1 where the target lives on another rank) and cos θ_y is shared by
 `target_cos`, whose sum over ranks is the identity at world size 1 (the only case implemented here;
 facelab.distributed replaces it with an all-reduce). Sub-centres (Sub-center ArcFace, Deng et al.
-2020): K centres per class, cos θ_j = max_k cos θ_{j,k}.
+2020): K centres per class, cos θ_j = max_k cos θ_{j,k}. Per-class margins (AdaM-Softmax, AdaptiveFace,
+Liu et al. 2019), opt-in: one learnable margin per class, sharded like the centres, handed to the margin
+in `Cosines.class_margins`.
 """
 
 import torch
@@ -48,8 +50,23 @@ def _positive_int(field: str, value: object) -> int:
     return value
 
 
+def _margin_init(value: object) -> tuple[float, float] | None:
+    """None, or (low, high) with 0 <= low <= high finite: the uniform init range of the per-class margins."""
+    if value is None:
+        return None
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or not 0.0 <= value[0] <= value[1] < float("inf"):
+        rule = "must be None or (low, high) with 0 <= low <= high"
+        raise FacelabError(f"classifier: class_margins={value!r} is invalid: {rule}")
+    return float(value[0]), float(value[1])
+
+
 class Classifier(nn.Module):
     """Class centres W [C_local·K, d] (init N(0, 0.01)) and optional bias; forward gives `Cosines`.
+
+    class_margins=(low, high): also a learnable margin per local class, `class_margins` [C_local] init
+    U(low, high), 1-D so that the trainer applies no weight decay to it (AdaM-Softmax). Default None.
 
     normalize=True: cos θ_j = <x/|x|, W_j/|W_j|> clamped to [-1, 1], max over the K sub-centres.
     normalize=False (the plain softmax baseline): raw logits W·x + b in `Cosines.cos`.
@@ -65,6 +82,7 @@ class Classifier(nn.Module):
         sub_centers: int = 1,
         rank: int = 0,
         world_size: int = 1,
+        class_margins: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.embedding_size = _positive_int("embedding_size", embedding_size)
@@ -84,12 +102,17 @@ class Classifier(nn.Module):
         self.num_local = self.end - self.start
         self.weight = nn.Parameter(torch.empty(self.num_local * sub_centers, embedding_size).normal_(0.0, 0.01))
         self.bias = nn.Parameter(torch.zeros(self.num_local)) if bias else None
+        init = _margin_init(class_margins)
+        if init is not None and not normalize:
+            raise FacelabError("classifier: class_margins needs normalize=True")
+        self.margin_init = init
+        self.class_margins = None if init is None else nn.Parameter(torch.empty(self.num_local).uniform_(*init))
 
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, classes=[{self.start}, {self.end}) of {self.num_classes}, "
             f"normalize={self.normalize}, bias={self.bias is not None}, sub_centers={self.sub_centers}, "
-            f"rank={self.rank}, world_size={self.world_size}"
+            f"rank={self.rank}, world_size={self.world_size}, class_margins={self.margin_init}"
         )
 
     def check_inputs(self, embeddings: Tensor, labels: Tensor) -> None:
@@ -124,4 +147,5 @@ class Classifier(nn.Module):
             x = embeddings.to(dtype)  # [B, d]
             cos = self.cosines(x)  # [B, C_local]
             local = local_labels(labels, self.start, self.end)  # [B]
-            return Cosines(cos, local, target_cos(cos, local, self.world_size), x.norm(dim=1))
+            margins = None if self.class_margins is None else self.class_margins.to(dtype)  # [C_local]
+            return Cosines(cos, local, target_cos(cos, local, self.world_size), x.norm(dim=1), margins)

@@ -14,9 +14,15 @@ class Cosines(NamedTuple):
     labels:     [B] int64 target column in `cos`, -1 where the target lives on another rank.
     target_cos: [B] cos(theta_y) of every sample, shared across ranks.
     norms:      [B] feature norms |x| before normalisation (not detached).
+    class_margins: [C_local] learnable per-class margins of the same (sampled) classes as the columns of
+                `cos` (AdaM-Softmax), or None when the classifier keeps none (the default). Added after
+                the first four fields with a default, so code that builds or reads the first four is
+                unchanged. A margin reads the target's margin at `labels` (rows with label -1 need none:
+                their target column lives on another rank).
     """
 
     cos: Tensor
     labels: Tensor
     target_cos: Tensor
     norms: Tensor
+    class_margins: Tensor | None = None

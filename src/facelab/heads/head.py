@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from facelab.errors import FacelabError
 from facelab.heads.classifier import Classifier
-from facelab.heads.margins import build_margin
+from facelab.heads.margins import MARGINS, build_margin, margin_parameters
 from facelab.heads.margins.base import Margin
 
 
@@ -22,6 +22,10 @@ class FaceHead(nn.Module):
             raise FacelabError(
                 f"head: margin '{margin.name}' needs a classifier with normalize={margin.normalized}, "
                 f"got normalize={classifier.normalize}"
+            )
+        if margin.class_margin_init is not None and classifier.class_margins is None:
+            raise FacelabError(
+                f"head: margin '{margin.name}' needs a classifier with per-class margins (class_margins=(low, high))"
             )
         self.classifier, self.margin = classifier, margin
 
@@ -45,12 +49,21 @@ class FaceHead(nn.Module):
 
 
 def build_head(
-    margin: str, embedding_size: int, num_classes: int, sub_centers: int = 1, **margin_kwargs: object
+    margin: str, embedding_size: int, num_classes: int, sub_centers: int | None = None, **margin_kwargs: object
 ) -> FaceHead:
     """A FaceHead with `build_margin(margin, **margin_kwargs)` and the classifier that margin needs
-    (cosines without bias, or raw logits W·x + b for the plain `softmax`), with `sub_centers` per class."""
+    (cosines without bias, or raw logits W·x + b for the plain `softmax`; per-class margins for AdaM),
+    with `sub_centers` per class (None: the margin's default, 3 for `subcenter_arcface`, else 1).
+    A margin that takes `num_classes` (AdaCos) gets the classifier's (the keyword is this function's own)."""
+    if margin in MARGINS and "num_classes" in margin_parameters(margin):
+        margin_kwargs["num_classes"] = num_classes
     m = build_margin(margin, **margin_kwargs)
     classifier = Classifier(
-        embedding_size, num_classes, normalize=m.normalized, bias=not m.normalized, sub_centers=sub_centers
+        embedding_size,
+        num_classes,
+        normalize=m.normalized,
+        bias=not m.normalized,
+        sub_centers=m.sub_centers if sub_centers is None else sub_centers,
+        class_margins=m.class_margin_init,
     )
     return FaceHead(classifier, m)

@@ -8,6 +8,7 @@ from torch import nn
 from facelab.backbones import build_backbone
 from facelab.config import Config, config_from_dict
 from facelab.data.transforms import check_preprocess, to_input
+from facelab.errors import FacelabError
 from facelab.heads import build_head
 from facelab.train.checkpoint import load_checkpoint
 
@@ -19,6 +20,9 @@ class FaceTask(nn.Module):
         super().__init__()
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
+        reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
+        if reserved:
+            raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
         self.head = build_head(
             cfg.head.margin,
             cfg.model.embedding_size,

@@ -3,16 +3,29 @@
 import inspect
 
 from facelab.errors import FacelabError
+from facelab.heads.margins.adacos import AdaCos
+from facelab.heads.margins.adaface import AdaFace
+from facelab.heads.margins.adam_softmax import AdaMSoftmax
 from facelab.heads.margins.arcface import ArcFace
 from facelab.heads.margins.base import Margin
 from facelab.heads.margins.combined import Combined
 from facelab.heads.margins.cosface import CosFace
+from facelab.heads.margins.curricularface import CurricularFace
+from facelab.heads.margins.elasticface import ElasticArcFace, ElasticCosFace
+from facelab.heads.margins.magface import MagFace
+from facelab.heads.margins.mv_softmax import MVAM, MVArc
 from facelab.heads.margins.normface import NormFace
 from facelab.heads.margins.softmax import Softmax
 from facelab.heads.margins.sphereface import SphereFace
+from facelab.heads.margins.subcenter_arcface import SubcenterArcFace
 
 MARGINS: dict[str, type[Margin]] = {
-    cls.name: cls for cls in (Softmax, NormFace, SphereFace, CosFace, ArcFace, Combined)
+    cls.name: cls
+    for cls in (
+        *(Softmax, NormFace, SphereFace, CosFace, ArcFace, Combined),
+        *(AdaCos, AdaMSoftmax, MVAM, MVArc, CurricularFace, SubcenterArcFace),
+        *(MagFace, ElasticArcFace, ElasticCosFace, AdaFace),
+    )
 }
 
 

@@ -24,11 +24,39 @@ def safe_acos(cos: Tensor) -> Tensor:
     return torch.acos(cos.clamp(-1.0 + EPS, 1.0 - EPS))
 
 
-def cos_add(cos: Tensor, m: float) -> Tensor:
+def cos_add(cos: Tensor, m: float | Tensor) -> Tensor:
     """cos(θ + m) = cos θ·cos m - sin θ·sin m, with sin θ = sqrt(1 - cos²) ≥ 0 (θ in [0, π]) and cos clamped
-    inside the sqrt only: better conditioned than cos(acos(cos) + m) and exactly cos θ when m = 0."""
+    inside the sqrt only: better conditioned than cos(acos(cos) + m) and exactly cos θ when m = 0.
+    `m` is one margin or one per sample (a tensor shaped like `cos`)."""
     sin = torch.sqrt(1.0 - cos.clamp(-1.0 + EPS, 1.0 - EPS) ** 2)
+    if isinstance(m, Tensor):
+        return cos * torch.cos(m) - sin * torch.sin(m)
     return cos * math.cos(m) - sin * math.sin(m)
+
+
+def arc_target(cos: Tensor, m: float | Tensor, easy_margin: bool = False) -> Tensor:
+    """ArcFace's target cos(θ + m) [B] with its fallback, for one margin or one per sample [B].
+
+    Where θ + m > π (cos θ <= cos(π - m), m > 0) the value is `cos θ - m·sin m` (the original `th`/`mm`),
+    monotone in θ; `easy_margin`: the margin applies only where cos θ > 0, plain cos θ elsewhere.
+    """
+    margined = cos_add(cos, m)  # [B]
+    if easy_margin:
+        return torch.where(cos > 0, margined, cos)
+    if isinstance(m, Tensor):
+        th = torch.where(m > 0, torch.cos(math.pi - m), torch.full_like(m, -2.0))  # m <= 0: never past π
+        return torch.where(cos > th, margined, cos - m * torch.sin(m))
+    return torch.where(cos > math.cos(math.pi - m), margined, cos - m * math.sin(m))
+
+
+def hard_negatives(c: Cosines, threshold: Tensor) -> Tensor:
+    """Mask [B, C]: non-target columns j with cos θ_j > threshold[i] [B] (MV-Softmax, CurricularFace).
+
+    The target column is never hard; rows whose target lives on another rank (label -1) still have
+    their local non-targets compared, against the shared margined target cosine.
+    """
+    cols = torch.arange(c.cos.shape[1], device=c.cos.device)  # [C]
+    return (c.labels[:, None] != cols[None, :]) & (c.cos > threshold[:, None].to(c.cos.dtype))
 
 
 def replace_target(cos: Tensor, labels: Tensor, target: Tensor) -> Tensor:
@@ -48,11 +76,15 @@ class Margin(nn.Module):
     Subclasses set `name` (the registry key), `s` (the logit scale) and implement `target`, or
     override `forward` when more than the target column changes. `normalized = False` asks the
     classifier for raw logits W·x + b instead of cosines (only the plain `softmax` baseline).
+    `sub_centers` and `class_margin_init` tell the head builder what classifier the margin expects
+    (Sub-center ArcFace: K = 3; AdaM-Softmax: per-class margins init U(0.3, 0.4)).
     """
 
     name: str = ""
     normalized: bool = True
     s: float = 1.0
+    sub_centers: int = 1  # sub-centres per class the head builder gives the classifier unless told otherwise
+    class_margin_init: tuple[float, float] | None = None  # (low, high): the classifier keeps per-class margins
 
     def target(self, target_cos: Tensor) -> Tensor:
         """Margined target cosine [B] from cos(theta_y) [B], before the scale `s`."""

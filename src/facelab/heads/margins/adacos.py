@@ -1,0 +1,69 @@
+"""AdaCos (Zhang et al. 2019, "AdaCos: adaptively scaling cosine logits for effectively learning
+deep face representations": the fixed and the dynamic scale)."""
+
+import math
+
+import torch
+from torch import Tensor
+
+from facelab.heads.cosines import Cosines
+from facelab.heads.margins.base import Margin, safe_acos
+
+MODES = ("fixed", "dynamic")
+
+
+def fixed_scale(num_classes: int) -> float:
+    """s = √2·ln(C - 1) (the fixed AdaCos scale), C the number of classes of the whole classifier."""
+    return math.sqrt(2.0) * math.log(num_classes - 1)
+
+
+class AdaCos(Margin):
+    """No margin, every logit `s·cos θ_j`, with an adaptive scale s (METHODS.md table, `adacos`).
+
+    `num_classes` is C of the whole classifier (not `cos.shape[1]`, which is the local, possibly sampled,
+    class count); `build_head` fills it. mode "fixed": s = √2·ln(C - 1). mode "dynamic" (the paper's main
+    method): s starts there, then each training-mode forward first updates it, without gradient, from
+    the batch and the previous s (the paper's dynamic rule), and uses the new value:
+        B_avg = mean_i Σ_{k≠y_i} exp(s·cos θ_ik)    (as log-sum-exp, no overflow)
+        θ_med = median_i θ_{i,y_i}                  (target angles only; torch.median: the lower middle value)
+        s ← ln(B_avg) / cos(min(π/4, θ_med))
+    s is the buffer `scale`, saved in the state dict; eval mode uses it unchanged. B_avg sums over this
+    rank's columns: exact at world size 1, a class-sharded run would have to all-reduce that sum.
+    """
+
+    name = "adacos"
+
+    def __init__(self, num_classes: int | None = None, mode: str = "dynamic") -> None:
+        super().__init__()
+        ok = num_classes is None or (isinstance(num_classes, int) and not isinstance(num_classes, bool))
+        if not ok or (num_classes is not None and num_classes < 3):
+            raise self.error("num_classes", num_classes, "must be an integer >= 3 (set by build_head)")
+        if mode not in MODES:
+            raise self.error("mode", mode, f"must be one of {', '.join(MODES)}")
+        self.num_classes, self.mode = num_classes, mode
+        initial = math.nan if num_classes is None else fixed_scale(num_classes)
+        self.register_buffer("scale", torch.tensor(initial))
+
+    @property
+    def s(self) -> float:  # the current scale, as the other margins' `s`
+        return float(self.scale)
+
+    @torch.no_grad()
+    def updated_scale(self, c: Cosines) -> Tensor:
+        """The dynamic update of the scale from one batch; 0-d tensor in the dtype of `cos`."""
+        cos = c.cos.detach()  # [B, C]
+        cols = torch.arange(cos.shape[1], device=cos.device)
+        others = c.labels[:, None] != cols[None, :]  # [B, C], k != y_i
+        if not others.any():
+            return self.scale.to(cos.dtype)
+        logits = torch.where(others, self.scale.to(cos.dtype) * cos, torch.full_like(cos, -math.inf))
+        log_b_avg = torch.logsumexp(logits.flatten(), dim=0) - math.log(cos.shape[0])
+        theta_med = safe_acos(c.target_cos.detach()).median()
+        return log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4))
+
+    def forward(self, c: Cosines) -> Tensor:
+        if self.num_classes is None:
+            raise self.error("num_classes", None, "must be set (build_head passes the classifier's)")
+        if self.training and self.mode == "dynamic":
+            self.scale = self.updated_scale(c).to(self.scale.dtype)  # out of place: no autograd version clash
+        return self.scale.to(c.cos.dtype) * c.cos  # [B, C]

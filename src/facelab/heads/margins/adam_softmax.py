@@ -1,0 +1,43 @@
+"""AdaM-Softmax (Liu et al. 2019, "AdaptiveFace: adaptive margin and sampling for face recognition", L_ad + L_m)."""
+
+from torch import Tensor
+
+from facelab.heads.cosines import Cosines
+from facelab.heads.margins.base import Margin, replace_target
+
+
+class AdaMSoftmax(Margin):
+    """Adaptive margin softmax: target logit `s·(cos θ_y - m_y)` with a learnable margin per class
+    (METHODS.md table, `adam_softmax`), plus the loss `λ·(1 - mean_c m_c)` that keeps margins from
+    shrinking to zero.
+
+    The margins are per-class state, so they live in the classifier (sharded and sampled with the class
+    centres, init U(0.3, 0.4), 1-D so without weight decay) and arrive as `Cosines.class_margins` [C_local];
+    `build_head` asks the classifier for them through `class_margin_init`. Both the target and the
+    regulariser use them clamped to [0, 1] (a margin outside gets no gradient from either term). The mean
+    runs over the local classes: all classes at world size 1. Hard Prototype Mining and Adaptive Data
+    Sampling (the paper's other two parts) are not implemented.
+    """
+
+    name = "adam_softmax"
+    class_margin_init = (0.3, 0.4)
+
+    def __init__(self, s: float = 32.0, lam: float = 70.0) -> None:
+        super().__init__()
+        self.s = self.real("s", s, 0.0, open_low=True)
+        self.lam = self.real("lam", lam, 0.0)
+
+    def margins(self, c: Cosines) -> Tensor:
+        """Per-class margins [C_local] clamped to [0, 1]."""
+        m = c.class_margins
+        if m is None or m.shape != c.cos.shape[1:]:
+            got = None if m is None else tuple(m.shape)
+            raise self.error("class_margins", got, f"needs per-class margins of shape [{c.cos.shape[1]}]")
+        return m.clamp(0.0, 1.0)
+
+    def forward(self, c: Cosines) -> Tensor:
+        m_y = self.margins(c).gather(0, c.labels.clamp(min=0))  # [B]; rows with label -1 are not replaced
+        return self.s * replace_target(c.cos, c.labels, c.target_cos - m_y)  # [B, C]
+
+    def regularizer(self, c: Cosines) -> Tensor:
+        return self.lam * (1.0 - self.margins(c).mean())
