@@ -92,3 +92,18 @@ def test_heads_with_classifier_needs_train_from_a_config(tmp_path, capsys):
     assert ckpt["head"]["classifier.weight"].shape[0] == 4 * 3  # 4 classes × K=3 sub-centres
     assert main(["train", str(cfg), "head.margin=adacos", "head.kwargs={num_classes: 9}", f"output={tmp_path}/x"]) == 2
     assert "head.kwargs.num_classes" in capsys.readouterr().err
+
+
+def test_ijb_command_on_fixture(tmp_path, capsys):
+    from facelab.eval.ijb_fixture import write_ijb_fixture
+
+    cfg = _recipe(tmp_path)
+    assert main(["train", str(cfg)]) == 0
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 255, (24, 112, 112, 3), dtype=np.uint8)
+    write_ijb_fixture(tmp_path / "ijb", images, [i // 4 for i in range(24)])
+    capsys.readouterr()
+    assert main(["ijb", str(tmp_path / "run"), str(tmp_path / "ijb"), "--workers", "0"]) == 0
+    assert "1e-" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "ijb" / "metrics.json").read_text())
+    assert metrics and (tmp_path / "run" / "ijb" / "features.npz").exists()

@@ -58,6 +58,22 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ijb(a: argparse.Namespace) -> int:
+    from facelab.eval.ijb import evaluate_ijb, format_ijb_table
+    from facelab.train.checkpoint import resolve_checkpoint
+    from facelab.train.task import load_model
+
+    path = resolve_checkpoint(a.checkpoint)
+    model, preprocess = load_model(path)
+    out = a.out or path.parent / "ijb"
+    result = evaluate_ijb(
+        model, a.root, out=out, dataset=a.dataset, modes=a.modes, batch_size=a.batch_size,
+        preprocess=preprocess, workers=a.workers, features=out / "features.npz",
+    )
+    print(format_ijb_table(result))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from facelab.demo import run_demo
 
@@ -128,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--no-flip", action="store_true", help="do not add the flipped image's embedding")
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification and 1:N identification of a checkpoint")
+    s.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    s.add_argument("root", type=Path, help="folder holding meta/ and loose_crop/")
+    s.add_argument("--dataset", choices=["IJBB", "IJBC"], default=None, help="default: from the meta file names")
+    s.add_argument("--modes", nargs="+", default=["N0D1F1"], help="N/D/F modes, e.g. N0D1F1 N1D0F0")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/ijb)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--workers", type=int, default=2, help="decode/align processes")
+    s.set_defaults(func=_cmd_ijb)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")

@@ -1,0 +1,149 @@
+"""IJB per-image features: align each loose crop by its 5 landmarks (parallel decode), embed it."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facelab.align import align_face
+from facelab.data.transforms import check_preprocess, to_input
+from facelab.errors import FacelabError
+from facelab.eval.ijb.meta import IJBMeta
+from facelab.io import read_image
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """model.eval() and no_grad for the block; every submodule's training flag restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    out = model(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        raise FacelabError(
+            f"IJB features: the model must return [B, d], got {getattr(out, 'shape', type(out))}"
+        )
+    return out.float().cpu().numpy()
+
+
+def _embed_chunk(model, images: np.ndarray, pre: dict, device, batch_size: int, flip: bool):
+    feats, flips = [], []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
+        x = to_input(batch.to(device), pre)
+        feats.append(_output(model, x))  # [B, d]
+        if flip:
+            flips.append(_output(model, torch.flip(x, dims=[3])))
+    return feats, flips
+
+
+def embed_raw(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 256,
+    flip: bool = True,
+    preprocess: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Un-normalised features (f(x) [N, d], f(flip x) [N, d] or None) of RGB uint8 crops [N, H, W, 3]."""
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+    ):
+        raise FacelabError(
+            f"embed_raw: images must be RGB uint8 [N, H, W, 3], got {getattr(images, 'shape', '?')}"
+        )
+    if batch_size < 1:
+        raise FacelabError(f"embed_raw: batch_size must be >= 1, got {batch_size}")
+    pre = check_preprocess(preprocess)
+    with _eval_mode(model):
+        feats, flips = _embed_chunk(model, images, pre, device, batch_size, flip)
+    return np.concatenate(feats), (np.concatenate(flips) if flip else None)
+
+
+def _load_aligned(job: tuple[str, np.ndarray, str, int]) -> np.ndarray:
+    """Worker: read a loose crop and warp it to the aligned crop with its 5 landmarks. RGB uint8 [S, S, 3]."""
+    path, landmarks, template, size = job
+    return align_face(read_image(Path(path)), landmarks, size=size, template=template)
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _aligned_windows(jobs: list, window: int, workers: int) -> Iterator[np.ndarray]:
+    """Aligned crops [w, S, S, 3] window by window; with workers the next window loads meanwhile."""
+    chunks = [jobs[i : i + window] for i in range(0, len(jobs), window)]
+    if workers <= 0:
+        for chunk in chunks:
+            yield np.stack([_load_aligned(j) for j in chunk])
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork: the parent holds torch/OpenMP threads
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+    try:
+        pending = pool.map(_load_aligned, chunks[0], chunksize=16)  # submitted now, read below
+        for k in range(len(chunks)):
+            images = list(pending)
+            if k + 1 < len(chunks):
+                pending = pool.map(_load_aligned, chunks[k + 1], chunksize=16)
+            yield np.stack(images)
+    except BrokenProcessPool as e:
+        raise FacelabError(f"IJB features: a crop-loading worker died ({e}); try workers=0") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def extract_features(
+    model: nn.Module,
+    meta: IJBMeta,
+    batch_size: int = 256,
+    flip: bool = True,
+    preprocess: dict | None = None,
+    device: str | torch.device = "cpu",
+    workers: int = 2,
+    window: int = 4096,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Align every loose crop with its 5 landmarks and embed it: (f(x) [N, d], f(flip x) [N, d] or None).
+
+    Decoding and alignment run in `workers` spawned processes (0: in this process), `window` crops at a
+    time, the next window loading while the model embeds this one: memory stays bounded by two windows.
+    """
+    pre = check_preprocess(preprocess)
+    crops = meta.root / "loose_crop"
+    jobs = [
+        (str(crops / n), meta.landmarks[i], pre["template"], pre["size"]) for i, n in enumerate(meta.names)
+    ]
+    feats, flips = [], []
+    with _eval_mode(model):
+        for images in _aligned_windows(jobs, window, workers):
+            f, ff = _embed_chunk(model, images, pre, device, batch_size, flip)
+            feats += f
+            flips += ff
+            log.info("IJB features: %d / %d crops", sum(len(a) for a in feats), len(jobs))
+    return np.concatenate(feats), (np.concatenate(flips) if flip else None)
