@@ -43,6 +43,26 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run"), "--pairs", str(tmp_path / "v.bin"), "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["pairs"]["v"]["pairs"] == 20 and (tmp_path / "ev" / "roc.png").exists()
+    # LFW pairs.txt (10 sets of 1 same + 1 different pair) over an aligned folder, with the non-default
+    # conventions recorded in metrics.json
+    rng = np.random.default_rng(3)
+    for i in range(11):
+        for k in (1, 2):
+            p = tmp_path / "lfw" / f"p{i}" / f"p{i}_{k:04d}.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    lines = ["10\t1"]
+    for i in range(10):
+        lines += [f"p{i}\t1\t2", f"p{i}\t1\tp{i + 1}\t2"]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    argv = ["eval", str(tmp_path / "run"), "--lfw", str(tmp_path / "pairs.txt"), str(tmp_path / "lfw"),
+            "--pairs", str(tmp_path / "v.bin"), "--threshold-rule", "exact", "--spread", "sem",
+            "--out", str(tmp_path / "ev2")]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert set(metrics["pairs"]) == {"pairs", "v"} and metrics["pairs"]["pairs"]["pairs"] == 20
+    convention = metrics["pairs"]["v"]["convention"]
+    assert "exact" in json.dumps(convention) and "sem" in json.dumps(convention)
     # the run exists: training again without --resume is refused, with --resume at the end it is a no-op
     assert main(["train", str(cfg)]) == 2
     assert "holds a run already" in capsys.readouterr().err

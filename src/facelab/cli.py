@@ -51,9 +51,15 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from facelab.eval.run import evaluate_checkpoint
+    from facelab.eval.run import evaluate_checkpoint, load_pair_sets
 
-    results = evaluate_checkpoint(a.checkpoint, a.pairs, a.out, batch_size=a.batch_size, flip=not a.no_flip)
+    if not a.pairs and not a.lfw:
+        raise FacelabError("eval: give --pairs FILE.bin ... and/or --lfw PAIRS.txt ALIGNED_DIR")
+    sets = load_pair_sets(a.pairs or [], a.lfw)
+    results = evaluate_checkpoint(
+        a.checkpoint, sets, a.out, batch_size=a.batch_size, flip=not a.no_flip,
+        threshold_rule=a.threshold_rule, spread=a.spread,
+    )
     _print_results(results)
     return 0
 
@@ -139,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="pair verification of a checkpoint on .bin sets")
     s.add_argument("checkpoint", help="a checkpoint file or a run folder")
-    s.add_argument("--pairs", nargs="+", type=Path, required=True)
+    s.add_argument("--pairs", nargs="+", type=Path, default=[], help=".bin pair sets (insightface format)")
+    s.add_argument("--lfw", nargs=2, type=Path, metavar=("PAIRS_TXT", "ALIGNED_DIR"), help="LFW pairs.txt protocol")
+    s.add_argument("--threshold-rule", choices=["insightface", "exact"], default="insightface",
+                   help="insightface: grid 0..3.99 step 0.01 (published numbers); exact: midpoints of the distances")
+    s.add_argument("--spread", choices=["std", "sem"], default="std", help="fold spread: std (ddof 0) or std error")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--no-flip", action="store_true", help="do not add the flipped image's embedding")
