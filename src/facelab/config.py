@@ -18,6 +18,25 @@ from facelab.errors import FacelabError
 
 
 @dataclass
+class AdaptiveSamplingConfig:
+    """AdaptiveFace's Adaptive Data Sampling (facelab.data.samplers.AdaptiveBatchSampler): per-image weights
+    multiplied by `up` when the image was misclassified and by `down` when correct, kept in [min, max]."""
+
+    enabled: bool = False
+    up: float = 1.25
+    down: float = 0.8
+    min_weight: float = 0.2
+    max_weight: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(self.up >= 1.0, "data.adaptive_sampling.up", self.up, "must be >= 1")
+        _require(0.0 < self.down <= 1.0, "data.adaptive_sampling.down", self.down, "must be in (0, 1]")
+        ok = 0.0 < self.min_weight <= 1.0 <= self.max_weight < float("inf")
+        rule = "needs 0 < min_weight <= 1 <= max_weight"
+        _require(ok, "data.adaptive_sampling.min_weight", self.min_weight, rule)
+
+
+@dataclass
 class DataConfig:
     train: str = ""  # folder of aligned images, one sub-folder per identity
     val_pairs: list[str] = field(default_factory=list)  # .bin pair sets evaluated during training
@@ -25,6 +44,22 @@ class DataConfig:
     workers: int = 2  # loader processes; 0 loads in the training process
     preload: bool = False  # decode the whole set into memory once (small sets, CPU)
     flip: bool = True  # random horizontal flip
+    adaptive_sampling: AdaptiveSamplingConfig = field(default_factory=AdaptiveSamplingConfig)
+
+
+@dataclass
+class GroupFaceConfig:
+    """GroupFace neck around any backbone (facelab.backbones.groupface); groups = 0 disables it."""
+
+    groups: int = 0  # K latent groups (the paper: 32); 0: no GroupFace
+    lam: float = 0.1  # weight of the self-distributed group loss
+    hidden: int = 256  # width of the group decision network
+
+    def __post_init__(self) -> None:
+        key = "model.groupface."
+        _require(self.groups == 0 or self.groups >= 2, key + "groups", self.groups, "must be 0 or >= 2")
+        _require(0.0 <= self.lam < float("inf"), key + "lam", self.lam, "must be a finite number >= 0")
+        _require(self.hidden >= 1, "model.groupface.hidden", self.hidden, "must be >= 1")
 
 
 @dataclass
@@ -32,6 +67,7 @@ class ModelConfig:
     backbone: str = "iresnet50"
     embedding_size: int = 512
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
+    groupface: GroupFaceConfig = field(default_factory=GroupFaceConfig)
 
 
 @dataclass
@@ -39,6 +75,10 @@ class HeadConfig:
     margin: str = "arcface"
     kwargs: dict[str, Any] = field(default_factory=dict)  # margin arguments (s, m, ...)
     sub_centers: int | None = None  # class sub-centres K; None: the margin's default (3 for subcenter_arcface)
+    hard_prototypes: int = 0  # AdaptiveFace Hard Prototype Mining: k nearest prototypes per class; 0: off
+
+    def __post_init__(self) -> None:
+        _require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes, "must be >= 0")
 
 
 @dataclass
@@ -85,6 +125,11 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise FacelabError(f"config {key}: {value!r} is invalid: {rule}")
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:

@@ -7,6 +7,16 @@ facelab.distributed replaces it with an all-reduce). Sub-centres (Sub-center Arc
 2020): K centres per class, cos θ_j = max_k cos θ_{j,k}. Per-class margins (AdaM-Softmax, AdaptiveFace,
 Liu et al. 2019), opt-in: one learnable margin per class, sharded like the centres, handed to the margin
 in `Cosines.class_margins`.
+
+Hard Prototype Mining (AdaptiveFace, Liu et al. 2019, Sec. 3.2), opt-in with `hard_prototypes=k`: in
+training mode the softmax runs over the batch's classes plus the k nearest prototypes of each (by centre
+cosine, max over sub-centre pairs, computed without gradient from the current centres every step), instead
+of all classes. `Cosines` then has one column per selected class (sorted by class id), labels remapped to
+those columns, per-class margins picked alike; `columns` holds the selected class ids of the last forward
+(None when every class took part). Eval mode uses every class. Only world size 1 is implemented; a sharded
+run would all-gather the batch labels and their normalised centres, let every rank take the top-k among
+its own classes, all-gather those candidates (k per batch class and rank), take the global top-k by cosine
+and keep the selected classes of its own range (labels of other ranks' classes -> -1, as without mining).
 """
 
 import torch
@@ -50,6 +60,18 @@ def _positive_int(field: str, value: object) -> int:
     return value
 
 
+def hard_prototypes(centres: Tensor, classes: Tensor, k: int) -> Tensor:
+    """The k nearest other classes [U, k'] (k' = min(k, C - 1)) of each class in `classes` [U], by the cosine
+    of their centres `centres` [C, K, d] (K sub-centres: the max over sub-centre pairs). No gradient."""
+    with torch.no_grad():
+        num, sub, _ = centres.shape
+        unit = F.normalize(centres.reshape(num * sub, -1), dim=1)  # [C·K, d]
+        mine = unit.view(num, sub, -1)[classes].reshape(len(classes) * sub, -1)  # [U·K, d]
+        sim = (mine @ unit.T).view(len(classes), sub, num, sub).amax(dim=(1, 3))  # [U, C]
+        sim[torch.arange(len(classes), device=sim.device), classes] = -float("inf")  # not its own neighbour
+        return sim.topk(min(k, num - 1), dim=1).indices  # [U, k']
+
+
 def _margin_init(value: object) -> tuple[float, float] | None:
     """None, or (low, high) with 0 <= low <= high finite: the uniform init range of the per-class margins."""
     if value is None:
@@ -83,6 +105,7 @@ class Classifier(nn.Module):
         rank: int = 0,
         world_size: int = 1,
         class_margins: tuple[float, float] | None = None,
+        hard_prototypes: int = 0,
     ) -> None:
         super().__init__()
         self.embedding_size = _positive_int("embedding_size", embedding_size)
@@ -107,12 +130,28 @@ class Classifier(nn.Module):
             raise FacelabError("classifier: class_margins needs normalize=True")
         self.margin_init = init
         self.class_margins = None if init is None else nn.Parameter(torch.empty(self.num_local).uniform_(*init))
+        self.hard_prototypes = hard_prototypes
+        self.columns: Tensor | None = None  # class ids of the columns of the last forward; None: all classes
+
+    @property
+    def hard_prototypes(self) -> int:
+        """k of Hard Prototype Mining (0: off); settable, validated."""
+        return self._hard_prototypes
+
+    @hard_prototypes.setter
+    def hard_prototypes(self, k: int) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise FacelabError(f"classifier: hard_prototypes={k!r} is invalid: must be an integer >= 0")
+        if k and not self.normalize:
+            raise FacelabError("classifier: hard_prototypes needs normalize=True (cosine prototypes)")
+        self._hard_prototypes = k
 
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, classes=[{self.start}, {self.end}) of {self.num_classes}, "
             f"normalize={self.normalize}, bias={self.bias is not None}, sub_centers={self.sub_centers}, "
-            f"rank={self.rank}, world_size={self.world_size}, class_margins={self.margin_init}"
+            f"rank={self.rank}, world_size={self.world_size}, class_margins={self.margin_init}, "
+            f"hard_prototypes={self.hard_prototypes}"
         )
 
     def check_inputs(self, embeddings: Tensor, labels: Tensor) -> None:
@@ -130,22 +169,41 @@ class Classifier(nn.Module):
                 f"classifier: labels must be in [0, {self.num_classes}), got [{int(labels.min())}, {int(labels.max())}]"
             )
 
-    def cosines(self, x: Tensor) -> Tensor:
-        """cos [B, C_local] (or raw logits when normalize=False) of float embeddings x [B, d]."""
+    def cosines(self, x: Tensor, classes: Tensor | None = None) -> Tensor:
+        """cos [B, C_local] (or raw logits when normalize=False) of float embeddings x [B, d];
+        with `classes` [U] (local class indices), only those columns: [B, U]."""
         weight = self.weight.to(x.dtype)
         if not self.normalize:
             return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
-        cos = F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1)).clamp(-1.0, 1.0)  # [B, C_local*K]
+        num = self.num_local
+        if classes is not None:
+            weight, num = weight.view(num, self.sub_centers, -1)[classes].flatten(0, 1), len(classes)
+        cos = F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1)).clamp(-1.0, 1.0)  # [B, num*K]
         if self.sub_centers > 1:
-            cos = cos.view(x.shape[0], self.num_local, self.sub_centers).max(dim=2).values  # [B, C_local]
+            cos = cos.view(x.shape[0], num, self.sub_centers).max(dim=2).values  # [B, num]
         return cos
+
+    def mined_classes(self, labels: Tensor) -> Tensor:
+        """Hard Prototype Mining: sorted ids [U] of the batch's classes and of their k nearest prototypes."""
+        if self.world_size != 1:
+            raise NotImplementedError("hard prototype mining is implemented at world size 1 only (see doc)")
+        batch = labels.unique()  # [U0]
+        centres = self.weight.detach().view(self.num_local, self.sub_centers, -1)
+        near = hard_prototypes(centres, batch, self.hard_prototypes)  # [U0, k]
+        return torch.cat([batch, near.flatten()]).unique()  # [U], sorted
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Cosines:
         self.check_inputs(embeddings, labels)
         dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(dtype)  # [B, d]
-            cos = self.cosines(x)  # [B, C_local]
             local = local_labels(labels, self.start, self.end)  # [B]
             margins = None if self.class_margins is None else self.class_margins.to(dtype)  # [C_local]
+            self.columns = self.mined_classes(labels) if self.training and self.hard_prototypes else None
+            if self.columns is None:
+                cos = self.cosines(x)  # [B, C_local]
+            else:  # world size 1: local ids are class ids; every label is among the columns
+                cos = self.cosines(x, self.columns)  # [B, U]
+                local = torch.searchsorted(self.columns, local)  # [B] column of each label
+                margins = None if margins is None else margins[self.columns]  # [U]
             return Cosines(cos, local, target_cos(cos, local, self.world_size), x.norm(dim=1), margins)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from facelab.config import Config, check_choice, config_to_dict
 from facelab.data import open_training_set
 from facelab.data.pairsets import load_bin
-from facelab.data.samplers import EpochBatchSampler
+from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
 from facelab.eval.embed import evaluate_pairsets
@@ -42,7 +42,20 @@ def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, device: torch.device)
     )
 
 
-def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: Config, num_classes: int) -> None:
+def _sampler(num_samples: int, cfg: Config) -> EpochBatchSampler | AdaptiveBatchSampler:
+    """Uniform epochs, or AdaptiveFace's Adaptive Data Sampling when data.adaptive_sampling.enabled."""
+    ads, bs = cfg.data.adaptive_sampling, cfg.data.batch_size
+    try:
+        if ads.enabled:
+            bounds = ads.min_weight, ads.max_weight
+            return AdaptiveBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip, ads.up, ads.down, *bounds)
+        return EpochBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip)
+    except ValueError as e:
+        raise FacelabError(f"config data.batch_size: {e}") from None
+
+
+def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: Config, num_classes: int,
+                sampler) -> None:
     save_checkpoint(
         run / CHECKPOINT_NAME,
         {
@@ -56,6 +69,7 @@ def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: C
             "config": config_to_dict(cfg),
             "preprocess": task.preprocess,
             "num_classes": num_classes,
+            "sampler": sampler.state_dict() if isinstance(sampler, AdaptiveBatchSampler) else {},
         },
     )
 
@@ -94,10 +108,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    try:
-        sampler = EpochBatchSampler(len(dataset), cfg.data.batch_size, cfg.seed, cfg.data.flip)
-    except ValueError as e:
-        raise FacelabError(f"config data.batch_size: {e}") from None
+    sampler = _sampler(len(dataset), cfg)
 
     step = 0
     if resume:
@@ -108,6 +119,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        if isinstance(sampler, AdaptiveBatchSampler):
+            sampler.load_state_dict(ckpt["sampler"])
         step = ckpt["step"]
         log.info("resumed %s at step %d", run, step)
     logger = RunLogger(run, cfg.train.tensorboard, resume_step=step if resume else None)
@@ -127,6 +140,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
                 losses = task(images, labels)
             if not torch.isfinite(losses["loss"]):
                 raise FacelabError(f"step {step}: loss is {losses['loss'].item()} (lower optim.lr or enable clipping)")
+            if isinstance(sampler, AdaptiveBatchSampler):  # per-sample feedback: hard images drawn more often
+                sampler.feedback(step % per_epoch, task.correct.cpu().numpy())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
             if cfg.train.clip_grad_norm > 0:
@@ -149,7 +164,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
                 results = _evaluate(task, val_sets, cfg, device)
                 logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
             if step % cfg.train.checkpoint_every == 0 or step == end:
-                _checkpoint(run, task, optimizer, scheduler, scaler, step, cfg, dataset.num_classes)
+                _checkpoint(run, task, optimizer, scheduler, scaler, step, cfg, dataset.num_classes, sampler)
             if step >= end:
                 break
             tick = time.perf_counter()

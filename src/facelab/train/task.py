@@ -1,4 +1,9 @@
-"""The training task: backbone + head -> loss dict. The loop only sees this module."""
+"""The training task: backbone + head -> loss dict. The loop only sees this module.
+
+Auxiliary losses: a submodule of the embedding network with an `aux_losses()` method (GroupFace) hands
+its weighted terms of the last training forward as {name: scalar}; they join the loss dict under their
+names and are added to "loss", so the loop logs them as loss/<name>.
+"""
 
 from pathlib import Path
 
@@ -6,6 +11,7 @@ import torch
 from torch import nn
 
 from facelab.backbones import build_backbone
+from facelab.backbones.groupface import GroupFace
 from facelab.config import Config, config_from_dict
 from facelab.data.transforms import check_preprocess, to_input
 from facelab.errors import FacelabError
@@ -30,15 +36,35 @@ class FaceTask(nn.Module):
             sub_centers=cfg.head.sub_centers,
             **cfg.head.kwargs,
         )
+        self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
+        self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = self.backbone(to_input(images, self.preprocess))  # [B, d]
-        return self.head(embeddings, labels)
+        losses, logits = self.head.forward_with_logits(embeddings, labels)
+        self.correct = self._correct(logits, labels)
+        for module in self.backbone.modules():
+            for name, value in getattr(module, "aux_losses", dict)().items():
+                if name in losses:
+                    owner = type(module).__name__
+                    raise FacelabError(f"auxiliary loss {name!r} of {owner} clashes with a head loss term")
+                losses[name] = value
+                losses["loss"] = losses["loss"] + value
+        return losses
+
+    @torch.no_grad()
+    def _correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[B] bool: the highest training logit is the label's (the sample meets its margin)."""
+        columns = self.head.classifier.columns  # class id of each column under hard prototype mining
+        pred = logits.argmax(dim=1)  # [B]
+        return (pred + self.head.classifier.start if columns is None else columns[pred]) == labels
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The embedding network alone (what evaluation and export use)."""
-    return build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size, **cfg.model.kwargs)
+    """The embedding network alone (what evaluation and export use); GroupFace-wrapped if configured."""
+    backbone = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size, **cfg.model.kwargs)
+    gf, size = cfg.model.groupface, cfg.model.embedding_size
+    return backbone if gf.groups == 0 else GroupFace(backbone, size, size, gf.groups, gf.lam, gf.hidden)
 
 
 def load_model(checkpoint: str | Path) -> tuple[nn.Module, dict]:
