@@ -127,3 +127,15 @@ def test_ijb_command_on_fixture(tmp_path, capsys):
     assert "1e-" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "run" / "ijb" / "metrics.json").read_text())
     assert metrics and (tmp_path / "run" / "ijb" / "features.npz").exists()
+
+
+def test_search_command(tmp_path, capsys):
+    cfg = _recipe(tmp_path)
+    assert main(["train", str(cfg)]) == 0
+    capsys.readouterr()
+    argv = ["search", str(tmp_path / "run"), "--gallery", str(tmp_path / "train"), "--probes", str(tmp_path / "train"),
+            "--k", "3"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "run" / "search" / "metrics.json").read_text())
+    assert metrics and (tmp_path / "run" / "search" / "candidates.json").exists()
+    assert main(argv[:3] + [str(tmp_path / "nope")] + argv[4:]) == 2

@@ -80,6 +80,17 @@ def _cmd_ijb(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(a: argparse.Namespace) -> int:
+    from facelab.eval.identification import format_table
+    from facelab.eval.search import search_folders
+    from facelab.train.checkpoint import resolve_checkpoint
+
+    out = a.out or resolve_checkpoint(a.checkpoint).parent / "search"
+    metrics = search_folders(a.checkpoint, a.gallery, a.probes, out, a.index, a.k)
+    print(format_table({"search": metrics}))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from facelab.demo import run_demo
 
@@ -164,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--workers", type=int, default=2, help="decode/align processes")
     s.set_defaults(func=_cmd_ijb)
+
+    s = sub.add_parser("search", help="1:N search of probe images against a gallery (FAISS index)")
+    s.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    s.add_argument("--gallery", type=Path, required=True, help="aligned images, one sub-folder per identity")
+    s.add_argument("--probes", type=Path, required=True, help="aligned images, one sub-folder per identity")
+    s.add_argument("--index", choices=["exact", "ivf"], default="exact")
+    s.add_argument("--k", type=int, default=10, help="candidates per probe")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/search)")
+    s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")
