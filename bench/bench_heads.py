@@ -1,0 +1,101 @@
+"""Forward+backward time of every margin head in MARGINS against the plain `normface` head, on CPU.
+
+B=256 embeddings (a leaf tensor requiring grad) of d=512 against C=100,000 classes (Sub-center ArcFace:
+K=3, i.e. 300k centres), 2 threads. Heads are timed round-robin (2 warm-up rounds, then 5 timed rounds)
+so that machine noise hits all of them alike; the figure is the median. Also times AdaptiveFace's Hard
+Prototype Mining (classifier.hard_prototypes = k on adam_softmax), reported separately. Target: at most
+1.5x normface for every head (HPM exempt); a miss prints FAIL but does not fail the run.
+
+    python -m bench.bench_heads [--classes 20000]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from facelab.heads import MARGINS, FaceHead, build_head
+
+TARGET = 1.5
+HPM = "adam_softmax+hpm"
+
+
+def make_heads(dim: int, classes: int, hpm_k: int) -> dict[str, FaceHead]:
+    """Every MARGINS head plus `HPM`; heads with one centre per class share one weight (saves memory)."""
+    heads = {name: build_head(name, dim, classes) for name in MARGINS}
+    heads[HPM] = build_head("adam_softmax", dim, classes)
+    heads[HPM].classifier.hard_prototypes = hpm_k
+    shared = heads["normface"].classifier.weight
+    for head in heads.values():
+        if head.classifier.weight.shape == shared.shape:
+            head.classifier.weight = shared
+    return heads
+
+
+def step(head: FaceHead, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Seconds of one forward + backward of `head` alone; gradients are cleared afterwards, untimed."""
+    t0 = time.perf_counter()
+    head(x, labels)["loss"].backward()
+    elapsed = time.perf_counter() - t0
+    x.grad = None
+    head.zero_grad(set_to_none=True)
+    return elapsed
+
+
+def time_heads(heads: dict[str, nn.Module], x: torch.Tensor, labels: torch.Tensor, warmup: int, repeats: int):
+    """Median seconds per head, timing the heads round-robin: `warmup` untimed rounds, then `repeats`."""
+    times: dict[str, list[float]] = {name: [] for name in heads}
+    for rnd in range(warmup + repeats):
+        for name, head in heads.items():
+            t = step(head, x, labels)
+            if rnd >= warmup:
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_heads", description=__doc__.splitlines()[0])
+    p.add_argument("--classes", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--hpm-k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    heads = make_heads(args.dim, args.classes, args.hpm_k)
+    x = torch.randn(args.batch, args.dim, requires_grad=True)  # [B, d] leaf
+    labels = torch.randint(0, args.classes, (args.batch,))  # [B]
+    t0 = time.perf_counter()
+    med = time_heads(heads, x, labels, args.warmup, args.repeats)
+    base = med["normface"]
+    print(
+        f"B={args.batch} C={args.classes} d={args.dim} threads={args.threads}; forward+backward of the head, "
+        f"median of {args.repeats} after {args.warmup} warm-up (round-robin, {time.perf_counter() - t0:.0f} s)"
+    )
+    print(f"{'head':<20}{'ms':>9}{'ratio':>8}  target <= {TARGET}x normface")
+    misses = []
+    for name in MARGINS:
+        ratio = med[name] / base
+        verdict = "PASS" if ratio <= TARGET else "FAIL"
+        if verdict == "FAIL":
+            misses.append(name)
+        print(f"{name:<20}{med[name] * 1e3:>9.1f}{ratio:>7.2f}x  {verdict}")
+    print(
+        f"summary: {len(MARGINS) - len(misses)}/{len(MARGINS)} heads within {TARGET}x normface"
+        + (f"; over: {', '.join(misses)}" if misses else "")
+    )
+    print(
+        f"hard prototype mining (adam_softmax, k={args.hpm_k}, exempt): {med[HPM] * 1e3:.1f} ms, "
+        f"{med[HPM] / base:.2f}x normface, {med[HPM] / med['adam_softmax']:.2f}x adam_softmax"
+    )
+    return {name: t / base for name, t in med.items()}
+
+
+if __name__ == "__main__":
+    main()
