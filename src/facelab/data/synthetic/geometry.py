@@ -2,9 +2,9 @@
 
 Head coordinates: x to the image right, y down, z towards the camera; the cranium is the ellipsoid with
 half-axes (1, cran_h, cran_d) at the origin. A photo rotates the head by R = Rz(roll) Rx(pitch) Ry(yaw)
-(yaw > 0 turns the face towards the image right, pitch > 0 tilts the chin up) and projects it
-orthographically: pixel = (cx, cy) + s (R p)[:2]. Casting a ray per pixel through every quadric and keeping
-the hit nearest the camera hides whatever faces away or lies behind.
+(yaw > 0 turns the face towards the image right, pitch > 0 tilts it down, roll > 0 turns it clockwise on
+screen) and projects it orthographically: pixel = (cx, cy) + s (R p)[:2]. Casting a ray per pixel through
+every quadric and keeping the hit nearest the camera hides whatever faces away or lies behind.
 """
 
 from __future__ import annotations

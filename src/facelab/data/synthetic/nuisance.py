@@ -59,7 +59,7 @@ def _pose(rng: np.random.Generator, kind: str) -> tuple[float, float, float]:
     elif kind == "profile":
         yaw = math.radians(rng.uniform(62, 82)) * (1 if rng.random() < 0.5 else -1)
     else:
-        yaw = _deg(rng, 20, 75)
+        yaw = _deg(rng, 18, 75)
     small = kind in ("frontal", "clean", "profile")
     return yaw, _deg(rng, 6 if small else 11, 30), _deg(rng, 5 if small else 9, 25)
 
@@ -88,7 +88,7 @@ def sample_nuisance(rng: np.random.Generator, kind: str = "mixed") -> Nuisance:
     elif kind == "mixed" and rng.random() < 0.25:
         res = float(rng.uniform(16, face_px))
     occ = "none"
-    if kind in ("mixed", "lowres") and rng.random() < 0.08:
+    if kind in ("mixed", "lowres") and rng.random() < 0.05:
         occ = OCCLUSIONS[int(rng.integers(1, len(OCCLUSIONS)))]
     return Nuisance(
         yaw=float(yaw), pitch=float(pitch), roll=float(roll),
@@ -107,7 +107,16 @@ def sample_nuisance(rng: np.random.Generator, kind: str = "mixed") -> Nuisance:
 
 
 def nuisance_row(n: Nuisance) -> dict[str, object]:
-    """The attributes.csv columns of a nuisance: angles in degrees, numbers rounded for reading."""
+    """The attributes.csv columns of a nuisance: angles in degrees, numbers rounded for reading.
+
+    yaw_deg/pitch_deg/roll_deg: head pose (yaw > 0 face towards the image right, pitch > 0 looking down,
+    roll > 0 clockwise); smile, mouth_open in [0, 1], eyes_closed 0/1, gaze_x/gaze_y (fractions of the eye);
+    light (diffuse intensity), ambient, light_az_deg/light_el_deg (direction towards the light, from the
+    camera axis; elevation > 0 from above), light_r/g/b (colour); face_px (head width in pixels), cx/cy
+    (head centre); resolution (head width after down-sampling, = face_px when not down-sampled); blur
+    (Gaussian sigma in pixels, on top of a 0.5 px optical blur); noise (sigma in grey levels); jpeg
+    (quality); occlusion (none, bar, hand, mask, sunglasses); detail_seed (background, occluder, noise).
+    """
     d = asdict(n)
     row: dict[str, object] = {f"{k}_deg": round(math.degrees(d.pop(k)), 2) for k in ("yaw", "pitch", "roll")}
     for k in ("light_az", "light_el"):

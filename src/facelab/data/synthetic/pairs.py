@@ -34,7 +34,7 @@ PAIR_SETS = {  # name: (left kind, right kind, first identity index)
 }
 FOLDS = 10
 PER_SIDE = 2  # photos per identity and side
-POS_PER_ID = 3  # positive pairs per identity (of PER_SIDE**2 left/right combinations)
+POS_PER_ID = 4  # positive pairs per identity: every left/right combination of its PER_SIDE x PER_SIDE photos
 _COMBOS = ((0, 0), (1, 1), (0, 1), (1, 0))
 ALIGNED = 112
 
@@ -80,29 +80,47 @@ def _render_group(job: tuple[int, int, list[tuple[int, int, str]]]) -> list[tupl
     return out
 
 
+def _jobs(name: str, plan: list, seed: int) -> list[tuple[int, int, list[tuple[int, int, str]]]]:
+    """One render job per identity of the set: (seed, identity, [(side, j, kind)])."""
+    left, right, _ = PAIR_SETS[name]
+    wanted: dict[int, set[tuple[int, int]]] = {}
+    for _, _, a, b in plan:
+        for idx, side, j in (a, b):
+            wanted.setdefault(idx, set()).add((side, j))
+    return [(seed, idx, [(s, j, (left, right)[s]) for s, j in sorted(v)]) for idx, v in sorted(wanted.items())]
+
+
+def _write_set(folder: Path, name: str, plan: list, photos: dict, attrs: dict) -> None:
+    left, right, _ = PAIR_SETS[name]
+    images = [photos[key] for _, _, a, b in plan for key in (a, b)]
+    write_bin(folder / f"{name}.bin", images, [same for _, same, _, _ in plan])
+    header = ["pair", "fold", "same", "left_identity", "left_photo", "right_identity", "right_photo", "left_kind",
+              "right_kind", "left_yaw_deg", "right_yaw_deg", "left_resolution", "right_resolution",
+              "left_occlusion", "right_occlusion"]
+    rows = ([i, f, int(same), a[0], f"{left}{a[2]}", b[0], f"{right}{b[2]}", left, right,
+             attrs[a]["yaw_deg"], attrs[b]["yaw_deg"], attrs[a]["resolution"], attrs[b]["resolution"],
+             attrs[a]["occlusion"], attrs[b]["occlusion"]] for i, (f, same, a, b) in enumerate(plan))
+    _write_csv(folder / f"{name}.csv", header, rows)
+
+
 def write_pairsets(folder: Path, seed: int, pairs: int, workers: int) -> dict[str, int]:
-    """Write every set of PAIR_SETS as folder/<name>.bin and folder/<name>.csv; returns pairs per set."""
-    counts = {}
-    for name, (left, right, _) in PAIR_SETS.items():
-        plan = plan_pairs(name, pairs, seed)
-        wanted: dict[int, set[tuple[int, int]]] = {}
-        for _, _, a, b in plan:
-            for idx, side, j in (a, b):
-                wanted.setdefault(idx, set()).add((side, j))
-        jobs = [(seed, idx, [(s, j, (left, right)[s]) for s, j in sorted(v)]) for idx, v in sorted(wanted.items())]
-        photos, attrs = {}, {}
-        for group in parallel_map(_render_group, jobs, workers):
-            for key, img, at in group:
-                photos[key], attrs[key] = img, at
-        images = [photos[key] for _, _, a, b in plan for key in (a, b)]
-        write_bin(folder / f"{name}.bin", images, [same for _, same, _, _ in plan])
-        header = ["pair", "fold", "same", "left_identity", "left_photo", "right_identity", "right_photo", "left_kind",
-                  "right_kind", "left_yaw_deg", "right_yaw_deg", "left_resolution", "right_resolution",
-                  "left_occlusion", "right_occlusion"]
-        rows = ([i, f, int(same), a[0], f"{left}{a[2]}", b[0], f"{right}{b[2]}", left, right,
-                 attrs[a]["yaw_deg"], attrs[b]["yaw_deg"], attrs[a]["resolution"], attrs[b]["resolution"],
-                 attrs[a]["occlusion"], attrs[b]["occlusion"]] for i, (f, same, a, b) in enumerate(plan))
-        _write_csv(folder / f"{name}.csv", header, rows)
-        counts[name] = len(plan)
-        log.info("synth: %s, %d pairs of %d identities", name, len(plan), len(wanted))
-    return counts
+    """Write every set of PAIR_SETS as folder/<name>.bin and folder/<name>.csv; returns pairs per set.
+
+    The photos of all sets go through one pool; each set is written as soon as its last photo is back,
+    while the workers go on with the next set.
+    """
+    plans = {name: plan_pairs(name, pairs, seed) for name in PAIR_SETS}
+    jobs = {name: _jobs(name, plan, seed) for name, plan in plans.items()}
+    owner = [name for name in PAIR_SETS for _ in jobs[name]]
+    left = {name: len(jobs[name]) for name in PAIR_SETS}
+    photos: dict[str, dict[tuple, np.ndarray]] = {name: {} for name in PAIR_SETS}
+    attrs: dict[str, dict[tuple, dict]] = {name: {} for name in PAIR_SETS}
+    everything = [job for name in PAIR_SETS for job in jobs[name]]
+    for name, group in zip(owner, parallel_map(_render_group, everything, workers), strict=True):
+        for key, img, at in group:
+            photos[name][key], attrs[name][key] = img, at
+        left[name] -= 1
+        if not left[name]:
+            _write_set(folder, name, plans[name], photos.pop(name), attrs[name])
+            log.info("synth: %s, %d pairs of %d identities", name, len(plans[name]), len(jobs[name]))
+    return {name: len(plan) for name, plan in plans.items()}
