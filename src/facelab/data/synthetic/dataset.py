@@ -36,7 +36,7 @@ from facelab.errors import FacelabError
 from facelab.io import write_atomic
 
 log = logging.getLogger(__name__)
-VERSION = 1  # bump when the generator's output changes: a complete output of another version is regenerated
+VERSION = 2  # bump when the generator's output changes: a complete output of another version is regenerated
 MANIFEST = "synth.json"
 PARTIAL = ".synth-partial"
 OWNED = ("images", "pairs", "landmarks.csv", "attributes.csv", MANIFEST)
@@ -170,7 +170,7 @@ def _workers(workers: int | None) -> int:
 def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, pairs: int = 3000,
               workers: int | None = None) -> dict:
     """Generate (or reuse) the synthetic dataset described in the module docstring; returns the manifest."""
-    from facelab.data.synthetic.pairs import PAIR_SETS, write_pairsets  # pairs.py needs align (heavier)
+    from facelab.data.synthetic.pairs import PAIR_SETS, write_pairsets  # here: pairs.py imports this module
 
     _check(identities, images_per_identity, seed, pairs, workers)
     out = Path(out)
