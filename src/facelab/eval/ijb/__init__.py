@@ -20,7 +20,8 @@ Modules: meta (IJBMeta, meta-file readers), features (align + embed), templates 
 scores), roc (ROC, TAR@FAR rules), protocol (1:1, 1:N, end to end), report (table, plot, files).
 """
 
-from facelab.eval.ijb.features import embed_raw, extract_features
+from facelab.eval.embed import embed_raw
+from facelab.eval.ijb.features import extract_features
 from facelab.eval.ijb.meta import (
     GALLERIES,
     IJBMeta,

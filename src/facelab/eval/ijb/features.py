@@ -7,7 +7,6 @@ import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,73 +14,13 @@ import torch
 from torch import nn
 
 from facelab.align import align_face
-from facelab.data.transforms import check_preprocess, to_input
+from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
+from facelab.eval.embed import eval_mode, forward_batches
 from facelab.eval.ijb.meta import IJBMeta
 from facelab.io import read_image
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """model.eval() and no_grad for the block; every submodule's training flag restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
-def _output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    out = model(x)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-        raise FacelabError(
-            f"IJB features: the model must return [B, d], got {getattr(out, 'shape', type(out))}"
-        )
-    return out.float().cpu().numpy()
-
-
-def _embed_chunk(model, images: np.ndarray, pre: dict, device, batch_size: int, flip: bool):
-    feats, flips = [], []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
-        x = to_input(batch.to(device), pre)
-        feats.append(_output(model, x))  # [B, d]
-        if flip:
-            flips.append(_output(model, torch.flip(x, dims=[3])))
-    return feats, flips
-
-
-def embed_raw(
-    model: nn.Module,
-    images: np.ndarray,
-    batch_size: int = 256,
-    flip: bool = True,
-    preprocess: dict | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Un-normalised features (f(x) [N, d], f(flip x) [N, d] or None) of RGB uint8 crops [N, H, W, 3]."""
-    if (
-        not isinstance(images, np.ndarray)
-        or images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[-1] != 3
-    ):
-        raise FacelabError(
-            f"embed_raw: images must be RGB uint8 [N, H, W, 3], got {getattr(images, 'shape', '?')}"
-        )
-    if batch_size < 1:
-        raise FacelabError(f"embed_raw: batch_size must be >= 1, got {batch_size}")
-    pre = check_preprocess(preprocess)
-    with _eval_mode(model):
-        feats, flips = _embed_chunk(model, images, pre, device, batch_size, flip)
-    return np.concatenate(feats), (np.concatenate(flips) if flip else None)
 
 
 def _load_aligned(job: tuple[str, np.ndarray, str, int]) -> np.ndarray:
@@ -140,10 +79,11 @@ def extract_features(
         (str(crops / n), meta.landmarks[i], pre["template"], pre["size"]) for i, n in enumerate(meta.names)
     ]
     feats, flips = [], []
-    with _eval_mode(model):
+    with eval_mode(model):
         for images in _aligned_windows(jobs, window, workers):
-            f, ff = _embed_chunk(model, images, pre, device, batch_size, flip)
-            feats += f
-            flips += ff
+            f, ff = forward_batches(model, images, pre, device, batch_size, flip)
+            feats.append(f)
+            if flip:
+                flips.append(ff)
             log.info("IJB features: %d / %d crops", sum(len(a) for a in feats), len(jobs))
     return np.concatenate(feats), (np.concatenate(flips) if flip else None)
