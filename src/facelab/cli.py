@@ -100,6 +100,10 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(a: argparse.Namespace) -> int:
+    return a.experiment_module.run(a) or 0
+
+
 def _recipe(name: str) -> Path:
     """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`)."""
     path = Path(name)
@@ -190,7 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="data/synth")
     s.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (numbers meaningless)")
     s.set_defaults(func=_cmd_demo)
+    _add_experiments(sub)
     return p
+
+
+def _add_experiments(sub: argparse._SubParsersAction) -> None:
+    """`facelab experiment NAME ...`: one sub-parser per entry of facelab.experiments.EXPERIMENTS."""
+    import importlib
+
+    from facelab.experiments import EXPERIMENTS
+
+    e = sub.add_parser("experiment", help="train variants with one budget and seeds, write a table to docs/")
+    names = e.add_subparsers(dest="experiment", required=True)
+    for name, module_name in EXPERIMENTS.items():
+        module = importlib.import_module(module_name)
+        s = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(s)
+        s.set_defaults(func=_cmd_experiment, experiment_module=module)
 
 
 def main(argv: list[str] | None = None) -> int:

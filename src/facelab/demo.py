@@ -1,24 +1,21 @@
 """`make demo`: synthetic photos -> 5-point alignment -> ArcFace training -> 10-fold verification."""
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from facelab.align.folder import MANIFEST, align_folder
 from facelab.config import load_config
 from facelab.data.pairsets import load_bin
 from facelab.eval.report import write_json_atomic
 from facelab.eval.verification import verify_pairs
-from facelab.io import write_atomic
+from facelab.experiments.common import prepare_synth
 from facelab.train.checkpoint import CHECKPOINT_NAME
 from facelab.train.loop import train
 
 log = logging.getLogger(__name__)
 RECIPE = Path(__file__).parent / "configs" / "demo.yaml"
-SETS = ("synth-lfw", "synth-cfp", "synth-lowres")
 FULL = {"identities": 400, "images_per_identity": 20, "pairs": 3000, "overrides": []}
 QUICK = {"identities": 12, "images_per_identity": 4, "pairs": 40, "overrides": ["train.steps=4", "data.batch_size=8"]}
 
@@ -32,23 +29,10 @@ def raw_pixel_accuracy(images: np.ndarray, same: np.ndarray) -> float:
     return verify_pairs(x[0::2], x[1::2], same)["accuracy"]
 
 
-def _read(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
-
-
 def run_demo(out: Path, data: Path, quick: bool = False) -> dict:
-    from facelab.data.synthetic import run_synth  # imported here: the generator pulls in its worker pool
-
     start = time.perf_counter()
     plan = QUICK if quick else FULL
-    run_synth(data, plan["identities"], plan["images_per_identity"], seed=0, pairs=plan["pairs"])
-    aligned = data / "aligned"
-    source = (data / "synth.json").read_text()  # the aligned copy belongs to this exact generated set
-    if not (aligned / MANIFEST).exists() or _read(aligned / "source.json") != source:
-        shutil.rmtree(aligned, ignore_errors=True)
-        align_folder(data / "images", aligned, data / "landmarks.csv")
-        write_atomic(aligned / "source.json", lambda tmp: tmp.write_text(source))
-    pair_files = [str(data / "pairs" / f"{name}.bin") for name in SETS]
+    aligned, pair_files = prepare_synth(data, plan["identities"], plan["images_per_identity"], plan["pairs"])
     cfg = load_config(
         RECIPE,
         [f"data.train={aligned}", f"data.val_pairs={pair_files}", f"output={out}", "name=demo"] + plan["overrides"],
