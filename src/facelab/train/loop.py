@@ -134,10 +134,11 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         sampler.set_position(*divmod(step, per_epoch))
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers)
         tick = time.perf_counter()
-        for images, labels in loader:
+        for images, labels, *rest in loader:  # rest: [] or [extras dict] (see facelab.train.task)
             images, labels = images.to(device), labels.to(device)
+            extras = {k: v.to(device) for k, v in rest[0].items()} if rest else {}
             with _autocast(device, cfg.train.amp):
-                losses = task(images, labels)
+                losses = task(images, labels, **extras)
             if not torch.isfinite(losses["loss"]):
                 raise FacelabError(f"step {step}: loss is {losses['loss'].item()} (lower optim.lr or enable clipping)")
             if isinstance(sampler, AdaptiveBatchSampler):  # per-sample feedback: hard images drawn more often

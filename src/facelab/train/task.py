@@ -3,6 +3,12 @@
 Auxiliary losses: a submodule of the embedding network with an `aux_losses()` method (GroupFace) hands
 its weighted terms of the last training forward as {name: scalar}; they join the loss dict under their
 names and are added to "loss", so the loop logs them as loss/<name>.
+
+Extra objectives: `task.objectives` (a ModuleDict, empty by default) holds modules called as
+`objective(embeddings [B, d], labels [B], **extras) -> {term: weighted scalar}` after the head (pair losses,
+distillation, dataset classifiers); their terms join the loss dict and "loss" the same way. `extras` are
+the optional third element of a loader batch, a dict of per-sample tensors (e.g. an easy/hard flag),
+passed through unchanged; an objective takes the keys it needs and ignores the rest.
 """
 
 from pathlib import Path
@@ -38,18 +44,16 @@ class FaceTask(nn.Module):
         )
         self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
+        self.objectives = nn.ModuleDict()  # extra loss terms on the embeddings (see the module docstring)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = self.backbone(to_input(images, self.preprocess))  # [B, d]
         losses, logits = self.head.forward_with_logits(embeddings, labels)
         self.correct = self._correct(logits, labels)
         for module in self.backbone.modules():
-            for name, value in getattr(module, "aux_losses", dict)().items():
-                if name in losses:
-                    owner = type(module).__name__
-                    raise FacelabError(f"auxiliary loss {name!r} of {owner} clashes with a head loss term")
-                losses[name] = value
-                losses["loss"] = losses["loss"] + value
+            _add_terms(losses, getattr(module, "aux_losses", dict)(), type(module).__name__)
+        for name, objective in self.objectives.items():
+            _add_terms(losses, objective(embeddings, labels, **extras), f"objective {name!r}")
         return losses
 
     @torch.no_grad()
@@ -58,6 +62,15 @@ class FaceTask(nn.Module):
         columns = self.head.classifier.columns  # class id of each column under hard prototype mining
         pred = logits.argmax(dim=1)  # [B]
         return (pred + self.head.classifier.start if columns is None else columns[pred]) == labels
+
+
+def _add_terms(losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], owner: str) -> None:
+    """Join weighted loss terms into the loss dict (names must be new) and add them to "loss"."""
+    for name, value in terms.items():
+        if name in losses:
+            raise FacelabError(f"loss term {name!r} of {owner} clashes with an existing loss term")
+        losses[name] = value
+        losses["loss"] = losses["loss"] + value
 
 
 def build_model(cfg: Config) -> nn.Module:
