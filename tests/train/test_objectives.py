@@ -36,7 +36,7 @@ def test_objective_terms_join_the_loss_and_see_the_extras():
     hard = torch.tensor([True, False, True, False])
     losses = task(images, labels, hard=hard)
     assert torch.equal(task.objectives["norm"].seen["hard"], hard)
-    assert losses["ce"] == pytest.approx(plain["ce"].item())
+    assert losses["ce"].item() == pytest.approx(plain["ce"].item())
     assert losses["loss"].item() == pytest.approx(plain["loss"].item() + losses["norm"].item(), rel=1e-6)
     assert losses["norm"].item() > 0
 
