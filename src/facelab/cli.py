@@ -51,6 +51,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
+    from facelab.eval.metadata import describe_pair_sets
     from facelab.eval.run import evaluate_checkpoint, load_pair_sets
 
     if not a.pairs and not a.lfw:
@@ -59,6 +60,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     results = evaluate_checkpoint(
         a.checkpoint, sets, a.out, batch_size=a.batch_size, flip=not a.no_flip,
         threshold_rule=a.threshold_rule, spread=a.spread,
+        data=describe_pair_sets(a.pairs or [], a.lfw), allow_mismatch=a.allow_mismatch,
     )
     _print_results(results)
     return 0
@@ -74,7 +76,7 @@ def _cmd_ijb(a: argparse.Namespace) -> int:
     out = a.out or path.parent / "ijb"
     result = evaluate_ijb(
         model, a.root, out=out, dataset=a.dataset, modes=a.modes, batch_size=a.batch_size,
-        preprocess=preprocess, workers=a.workers, features=out / "features.npz",
+        preprocess=preprocess, workers=a.workers, features=out / "features.npz", allow_mismatch=a.allow_mismatch,
     )
     print(format_ijb_table(result))
     return 0
@@ -86,7 +88,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
     from facelab.train.checkpoint import resolve_checkpoint
 
     out = a.out or resolve_checkpoint(a.checkpoint).parent / "search"
-    metrics = search_folders(a.checkpoint, a.gallery, a.probes, out, a.index, a.k)
+    metrics = search_folders(a.checkpoint, a.gallery, a.probes, out, a.index, a.k, allow_mismatch=a.allow_mismatch)
     print(format_table({"search": metrics}))
     return 0
 
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--no-flip", action="store_true", help="do not add the flipped image's embedding")
+    _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification and 1:N identification of a checkpoint")
@@ -178,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/ijb)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--workers", type=int, default=2, help="decode/align processes")
+    _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_ijb)
 
     s = sub.add_parser("search", help="1:N search of probe images against a gallery (FAISS index)")
@@ -187,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", choices=["exact", "ivf"], default="exact")
     s.add_argument("--k", type=int, default=10, help="candidates per probe")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/search)")
+    _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
@@ -196,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
     _add_experiments(sub)
     return p
+
+
+def _add_allow_mismatch(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--allow-mismatch", action="append", default=[], metavar="FIELD",
+                   help="evaluate although the data's FIELD (template, size, colour, mean, std, or all) differs "
+                   "from the model's preprocessing; repeat for several")
 
 
 def _add_experiments(sub: argparse._SubParsersAction) -> None:

@@ -69,10 +69,20 @@ def load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), same.astype(bool)
 
 
-def write_bin(path: Path, images: Sequence[np.ndarray], same: Sequence[bool], quality: int = 95) -> None:
-    """Write a `.bin` pair set (JPEG-encoded RGB images, pairs interleaved), atomically."""
+def write_bin(
+    path: Path, images: Sequence[np.ndarray], same: Sequence[bool], quality: int = 95, meta: dict | None = None
+) -> None:
+    """Write a `.bin` pair set (JPEG-encoded RGB images, pairs interleaved), atomically.
+
+    meta: also write the sidecar `<set>.json` declaring the set's preprocessing (template, size, colour,
+    mean, std; other keys are kept as information), read by `facelab.eval.metadata.describe_bin`.
+    """
     if len(images) != 2 * len(same):
         raise FacelabError(f"{path}: {len(images)} images for {len(same)} pairs (expected {2 * len(same)})")
+    if meta is not None:
+        from facelab.eval.metadata import write_sidecar
+
+        write_sidecar(Path(path), meta)
     bins = [encode_image(np.ascontiguousarray(im), ".jpg", quality) for im in images]
     payload = pickle.dumps((bins, [bool(s) for s in same]), protocol=4)
     write_atomic(Path(path), lambda tmp: tmp.write_bytes(payload))

@@ -69,5 +69,6 @@ def plot_roc(results: dict[str, dict], path: Path) -> None:
 
 
 def without_curves(results: dict[str, dict]) -> dict[str, dict]:
-    """verify_pairs results minus the ROC arrays (tpr, fpr), which go to the plot, not to metrics.json."""
-    return {name: {k: v for k, v in r.items() if k not in ("tpr", "fpr")} for name, r in results.items()}
+    """verify_pairs results minus the ROC arrays (tpr, fpr) and score histogram, which go to the plots, not to
+    metrics.json."""
+    return {name: {k: v for k, v in r.items() if k not in ("tpr", "fpr", "histogram")} for name, r in results.items()}

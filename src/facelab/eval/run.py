@@ -1,15 +1,25 @@
-"""`facelab eval`: a checkpoint against pair sets (.bin files, LFW pairs.txt) -> table, metrics.json, roc.png."""
+"""`facelab eval`: a checkpoint against pair sets (.bin files, LFW pairs.txt) -> table, metrics.json, plots,
+index.html (facelab.eval.pages), after checking the data against the model (facelab.eval.metadata)."""
 
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from facelab.data.pairsets import load_bin
-from facelab.eval.embed import evaluate_pairsets
+from facelab.errors import FacelabError
+from facelab.eval.embed import embed_images
 from facelab.eval.lfw_pairs import load_lfw_pairs
+from facelab.eval.metadata import check_all, describe_array
+from facelab.eval.pages import write_pairs_page
+from facelab.eval.plots import score_histogram
 from facelab.eval.report import plot_roc, without_curves, write_json_atomic
+from facelab.eval.verification import pair_distances, verify_pairs
 from facelab.train.checkpoint import resolve_checkpoint
 from facelab.train.task import load_model
+
+log = logging.getLogger(__name__)
 
 
 def load_pair_sets(bins: list[Path], lfw: tuple[Path, Path] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -20,6 +30,21 @@ def load_pair_sets(bins: list[Path], lfw: tuple[Path, Path] | None = None) -> di
     return sets
 
 
+def _evaluate_sets(model, sets, preprocess: dict, batch_size: int, flip: bool, **verify_kw) -> dict[str, dict]:
+    """verify_pairs on each set, plus its genuine/impostor cosine histogram ("histogram")."""
+    results = {}
+    for name, (images, same) in sets.items():
+        same = np.asarray(same)
+        if len(images) != 2 * len(same):
+            raise FacelabError(f"pair set {name!r}: {len(images)} images for {len(same)} pairs (need 2 per pair)")
+        emb = embed_images(model, images, batch_size=batch_size, flip=flip, preprocess=preprocess)  # [2N, d]
+        results[name] = verify_pairs(emb[0::2], emb[1::2], same, **verify_kw)
+        cosine = 1.0 - pair_distances(emb[0::2], emb[1::2]) / 2.0  # [N]; exact for unit vectors
+        results[name]["histogram"] = score_histogram(same, cosine)
+        log.info("%s: accuracy %.4f ± %.4f", name, results[name]["accuracy"], results[name]["accuracy_std"])
+    return results
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     sets: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -28,17 +53,29 @@ def evaluate_checkpoint(
     flip: bool = True,
     threshold_rule: str = "insightface",
     spread: str = "std",
+    data: dict[str, dict] | None = None,
+    allow_mismatch: Iterable[str] = (),
 ) -> dict[str, dict]:
     """Evaluate every pair set with the checkpoint's own preprocessing, in one call; write `out/metrics.json`
-    (with the conventions used) and `out/roc.png` (default out: `<run folder>/eval`)."""
+    (with the conventions used and the data checks), `out/roc.png`, `out/scores.png` and `out/index.html`
+    (default out: `<run folder>/eval`).
+
+    data: {set name: description} (`facelab.eval.metadata.describe_pair_sets`); a set without one is taken as
+    a bare insightface .bin. Every set is checked against the model's preprocessing first (image height
+    measured); a mismatch is refused unless its field is in allow_mismatch (or "all").
+    """
     path = resolve_checkpoint(checkpoint)
     model, preprocess = load_model(path)
-    results = evaluate_pairsets(
-        model, sets, batch_size=batch_size, flip=flip, preprocess=preprocess,
-        threshold_rule=threshold_rule, spread=spread,
+    described = {name: describe_array(images, (data or {}).get(name)) for name, (images, _) in sets.items()}
+    checks = check_all(preprocess, described, allow_mismatch)
+    results = _evaluate_sets(
+        model, sets, preprocess, batch_size, flip, threshold_rule=threshold_rule, spread=spread
     )
     out = Path(out) if out is not None else path.parent / "eval"
     plot_roc(results, out / "roc.png")
     public = without_curves(results)
-    write_json_atomic(out / "metrics.json", {"checkpoint": str(path), "flip": flip, "pairs": public})
+    write_json_atomic(
+        out / "metrics.json", {"checkpoint": str(path), "flip": flip, "pairs": public, "data_checks": checks}
+    )
+    write_pairs_page(out, results, {"checkpoint": str(path), "flip": flip}, checks)
     return public

@@ -304,26 +304,39 @@ def search_folders(
     out: str | Path,
     index_kind: str = "exact",
     k: int = 10,
+    allow_mismatch: Sequence[str] = (),
 ) -> dict:
     """Embed two image folders (one sub-folder per identity, aligned crops) with a checkpoint, search.
 
     The gallery holds one template per identity (identity_templates); each probe image is a search, mated
     when its folder name is a gallery identity. Writes out/metrics.json (evaluate_search at ranks 1, 5, k)
-    and out/candidates.json (each probe's top-k identities and scores). Returns the metrics.
+    and out/candidates.json (each probe's top-k identities and scores), plus cmc.png and index.html (ranks
+    1..k, from the top-k lists). Both folders are first checked against the model's preprocessing (their
+    align.json; facelab.eval.metadata): a mismatch is refused unless its field is in allow_mismatch (or "all").
+    Returns the metrics.
     """
+    from facelab.eval.metadata import check_all, describe_folder
+    from facelab.eval.pages import write_search_page
+    from facelab.eval.plots import cmc_from_ranks
     from facelab.eval.report import write_json_atomic
     from facelab.train.task import load_model
 
     if int(k) < 1:
         raise FacelabError(f"facelab search: --k must be >= 1, got {k}")
     model, preprocess = load_model(checkpoint)
+    described = {"gallery": describe_folder(Path(gallery_dir)), "probes": describe_folder(Path(probes_dir))}
+    checks = check_all(preprocess, described, allow_mismatch)
     gallery, gallery_names, _ = _embed_folder(model, preprocess, Path(gallery_dir))
     probes, probe_names, probe_paths = _embed_folder(model, preprocess, Path(probes_dir))
     index = GalleryIndex(*identity_templates(gallery, gallery_names), kind=index_kind)
     metrics = evaluate_search(index, probes, probe_names, ranks=sorted({1, min(5, k), k}))
     metrics.update(checkpoint=str(checkpoint), gallery_dir=str(gallery_dir), probes_dir=str(probes_dir))
+    metrics["data_checks"] = checks
     scores, rows = index.search(probes, k)
     names = index.ids[np.maximum(rows, 0)]  # [P, k]; rows -1 (IVF misses) have score -inf
+    _, rank = _ranks_from_topk(names, scores, probe_names)  # [P]; k' + 1 when the mate is not in the list
+    mated = np.isin(probe_names, index.ids)
+    curve = cmc_from_ranks(rank[mated], scores.shape[1]) if mated.any() else None
     candidates = []
     for p in range(len(probes)):
         top = [[str(n), float(v)] for n, v in zip(names[p], scores[p], strict=True) if v > -np.inf]
@@ -331,5 +344,6 @@ def search_folders(
     out = Path(out)
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(out / "candidates.json", candidates)
+    write_search_page(out, metrics, curve)
     log.info("1:N search: %d probes, %d identities, rank-1 %s", len(probes), len(index), metrics["cmc"]["1"])
     return metrics

@@ -93,7 +93,8 @@ def _jobs(name: str, plan: list, seed: int) -> list[tuple[int, int, list[tuple[i
 def _write_set(folder: Path, name: str, plan: list, photos: dict, attrs: dict) -> None:
     left, right, _ = PAIR_SETS[name]
     images = [photos[key] for _, _, a, b in plan for key in (a, b)]
-    write_bin(folder / f"{name}.bin", images, [same for _, same, _, _ in plan])
+    meta = {"template": "arcface112", "size": ALIGNED, "colour": "RGB", "source": f"facelab synth ({name})"}
+    write_bin(folder / f"{name}.bin", images, [same for _, same, _, _ in plan], meta=meta)
     header = ["pair", "fold", "same", "left_identity", "left_photo", "right_identity", "right_photo", "left_kind",
               "right_kind", "left_yaw_deg", "right_yaw_deg", "left_resolution", "right_resolution",
               "left_occlusion", "right_occlusion"]

@@ -22,7 +22,11 @@ from facelab.eval.ijb.templates import (
     parse_mode,
     template_features,
 )
+from facelab.eval.metadata import check_all, describe_ijb
+from facelab.eval.plots import score_histogram
 from facelab.io import write_atomic
+
+CMC_RANKS = 20  # the report's CMC curve: ranks 1..20
 
 
 def _convention(mode: str) -> dict:
@@ -42,8 +46,10 @@ def verify_ijb(meta: IJBMeta, feats, flip_feats=None, mode: str = DEFAULT_MODE, 
     """1:1 verification of every template pair from precomputed per-image features (aligned with meta)."""
     x = image_features(feats, flip_feats, meta.scores, mode)
     tids, tf = template_features(x, meta.templates, meta.medias, select=np.unique(meta.pairs))
-    result = verification_metrics(meta.labels, pair_scores(tids, tf, meta.pairs), fars)
+    scores = pair_scores(tids, tf, meta.pairs)  # [pairs] cosines
+    result = verification_metrics(meta.labels, scores, fars)
     result["convention"] = _convention(mode)
+    result["histogram"] = score_histogram(meta.labels, scores)  # for the report's scores.png
     return result
 
 
@@ -57,7 +63,8 @@ def identify_ijb(
     fpirs: Sequence[float] = (0.01, 0.1),
 ) -> dict:
     """1:N search of the mixed probes against each gallery ("separate": G1 and G2 and their mean;
-    "union": one gallery G1+G2, closed set; "both")."""
+    "union": one gallery G1+G2, closed set; "both"). Each gallery also gets "cmc_curve" (ranks 1..CMC_RANKS
+    or max(ranks)) for the report's CMC plot; "cmc" holds the asked ranks only."""
     if gallery not in ("separate", "union", "both"):
         raise FacelabError(f"IJB 1:N gallery must be 'separate', 'union' or 'both', got {gallery!r}")
     x = image_features(feats, flip_feats, meta.scores, mode)
@@ -69,13 +76,19 @@ def identify_ijb(
     if gallery == "union":
         lists = {k: v for k, v in lists.items() if "+" in k}
     ptids, pf = template_features(x, meta.templates, meta.medias, select=probe_t)
+    curve_ranks = list(range(1, max(CMC_RANKS, *ranks) + 1))
     out = {}
     for name, (gt, gs) in lists.items():
         _, gf = template_features(x, meta.templates, meta.medias, select=gt)
-        out[name] = identification.search(pf, probe_s, gf, gs, ranks, fpirs)
+        out[name] = identification.search(pf, probe_s, gf, gs, curve_ranks, fpirs)
+        cmc = out[name]["cmc"]
+        out[name]["cmc"] = {str(k): cmc[str(k)] for k in ranks}
+        out[name]["cmc_curve"] = {"ranks": curve_ranks, "rate": [cmc[str(k)] for k in curve_ranks]}
     separate = [out[g] for g in g_names if g in out]
     if len(separate) == 2:
         out["mean"] = identification.mean_results(separate)
+        rates = np.mean(np.array([r["cmc_curve"]["rate"] for r in separate], dtype=np.float64), 0)  # None -> nan
+        out["mean"]["cmc_curve"] = {"ranks": curve_ranks, "rate": [None if np.isnan(v) else v for v in rates.tolist()]}
     return {"mode": mode, "galleries": out}
 
 
@@ -118,18 +131,23 @@ def evaluate_ijb(
     device: str | torch.device = "cpu",
     workers: int = 2,
     features: Path | None = None,
+    allow_mismatch: Sequence[str] = (),
     **kw,
 ) -> dict:
     """Align + embed every loose crop, then `evaluate_ijb_features` (kw: fars, one_to_n, mode_1n, gallery).
 
     features: an .npz cache of (feats, flip_feats, names); read when it exists, written otherwise.
-    out: write metrics.json, roc.png and table.md there.
+    out: write metrics.json, roc.png, scores.png, cmc.png (with 1:N), table.md and index.html there.
+    The crops are first checked against `preprocess` (facelab.eval.metadata.describe_ijb): a mismatch is
+    refused unless its field is in allow_mismatch (or "all"); the record is result["data_checks"].
     """
     meta = read_ijb_meta(root, dataset)
     for m in modes:
         parse_mode(m)
+    checks = check_all(preprocess, {"IJB loose crops": describe_ijb(preprocess)}, allow_mismatch)
     feats, flip_feats = _cached_features(model, meta, features, batch_size, preprocess, device, workers)
     result = evaluate_ijb_features(meta, feats, flip_feats, modes, **kw)
+    result["data_checks"] = checks
     if out is not None:
         write_ijb_report(result, Path(out))
     return result

@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from facelab.eval import identification
+from facelab.eval.pages import write_ijb_page
 from facelab.eval.report import write_json_atomic
 from facelab.io import write_atomic
 
@@ -52,16 +53,19 @@ def plot_ijb_roc(verification: dict[str, dict], path: Path, title: str = "IJB 1:
 
 
 def write_ijb_report(result: dict, out: Path) -> None:
-    """out/metrics.json (no curves), out/roc.png, out/table.md."""
+    """out/metrics.json (no curves), out/roc.png, out/table.md, and scores.png, cmc.png, index.html
+    (facelab.eval.pages.write_ijb_page)."""
+
     out = Path(out)
     plot_ijb_roc(result["verification"], out / "roc.png", f"{result.get('dataset', 'IJB')} 1:1")
     public = {
         **result,
         "verification": {
-            m: {k: v for k, v in r.items() if k not in ("fpr", "tpr")}
+            m: {k: v for k, v in r.items() if k not in ("fpr", "tpr", "histogram")}
             for m, r in result["verification"].items()
         },
     }
     write_json_atomic(out / "metrics.json", public)
     table = format_ijb_table(result) + "\n"
     write_atomic(out / "table.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    write_ijb_page(out, result, table)
