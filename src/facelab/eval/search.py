@@ -337,6 +337,8 @@ def search_folders(
     _, rank = _ranks_from_topk(names, scores, probe_names)  # [P]; k' + 1 when the mate is not in the list
     mated = np.isin(probe_names, index.ids)
     curve = cmc_from_ranks(rank[mated], scores.shape[1]) if mated.any() else None
+    if curve is not None:
+        metrics["cmc_curve"] = curve
     candidates = []
     for p in range(len(probes)):
         top = [[str(n), float(v)] for n, v in zip(names[p], scores[p], strict=True) if v > -np.inf]
