@@ -39,5 +39,10 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 
+# headless Chromium for the index.html rendering test (Debian package; the test is skipped without a browser)
+.PHONY: setup-browser
+setup-browser:
+	apt-get install -y chromium
+
 clean:
 	rm -rf $(VENV) $(SCRATCH) runs data
