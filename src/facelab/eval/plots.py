@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from facelab.io import write_atomic
 
@@ -74,6 +75,7 @@ def plot_cmc(curves: Mapping[str, dict], path: Path, title: str = "CMC") -> None
         rate = 100 * np.asarray(c["rate"], dtype=np.float64)  # [K]; None (no mated search) -> nan
         ax.plot(ranks, rate, marker="o", markersize=3, label=f"{name} (rank-1 {rate[0]:.2f}%)")
     ax.set_xlabel("rank")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("identification rate (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

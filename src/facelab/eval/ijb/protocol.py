@@ -147,7 +147,7 @@ def evaluate_ijb(
     checks = check_all(preprocess, {"IJB loose crops": describe_ijb(preprocess)}, allow_mismatch)
     feats, flip_feats = _cached_features(model, meta, features, batch_size, preprocess, device, workers)
     result = evaluate_ijb_features(meta, feats, flip_feats, modes, **kw)
-    result["data_checks"] = checks
+    result["root"], result["data_checks"] = str(meta.root), checks
     if out is not None:
         write_ijb_report(result, Path(out))
     return result
