@@ -62,8 +62,12 @@ def test_each_field_mismatch_is_refused_then_overridden(tmp_path, field):
     assert "--allow-mismatch all" in str(err.value)
     for allow in ([field], ["all"]):
         record = M.check_data("s", PREPROCESS_DEFAULT, desc, allow)
-        assert record[field] == {"model": PREPROCESS_DEFAULT[field], "data": OTHER[field], "source": "s.json",
-                                 "status": "overridden"}
+        assert record[field] == {
+            "model": PREPROCESS_DEFAULT[field],
+            "data": OTHER[field],
+            "source": "s.json",
+            "status": "overridden",
+        }
     others = [f for f in M.FIELDS if f != field]
     with pytest.raises(FacelabError, match=f"--allow-mismatch {field}"):
         M.check_data("s", PREPROCESS_DEFAULT, desc, others)
@@ -125,8 +129,12 @@ def test_evaluate_checkpoint_refuses_then_records_override(tmp_path, monkeypatch
     assert saved["allow_mismatch"] == ["colour", "size"]
     bgr = saved["sets"]["bgr"]
     assert bgr["colour"]["status"] == "overridden" and bgr["size"]["status"] == "match"
-    assert saved["sets"]["small"]["size"] == {"model": 112, "data": 96, "source": "measured (image height)",
-                                             "status": "overridden"}
+    assert saved["sets"]["small"]["size"] == {
+        "model": 112,
+        "data": 96,
+        "source": "measured (image height)",
+        "status": "overridden",
+    }
     assert all((tmp_path / "ev" / f).stat().st_size > 0 for f in ("roc.png", "scores.png", "index.html"))
 
 

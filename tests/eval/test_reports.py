@@ -79,15 +79,26 @@ def test_markdown_tables_to_html():
     assert "---" not in got
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no chromium / chromium-browser / google-chrome on PATH "
-                    "(make setup-browser installs Debian's chromium)")
+@pytest.mark.skipif(
+    BROWSER is None,
+    reason="no chromium / chromium-browser / google-chrome on PATH (make setup-browser installs Debian's chromium)",
+)
 def test_index_html_renders_in_headless_chromium(tmp_path):
     out = tmp_path / "report"
     results = _pairs_report(out)
     shot = tmp_path / "shot.png"
-    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=3000", "--window-size=900,1400", f"--screenshot={shot}", "--dump-dom",
-           (out / "index.html").as_uri()]
+    cmd = [
+        BROWSER,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=3000",
+        "--window-size=900,1400",
+        f"--screenshot={shot}",
+        "--dump-dom",
+        (out / "index.html").as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     assert 'data-images="2/2"' in dom  # set by the page's script once every <img> has naturalWidth > 0
     r = results["synth<b>&lfw"]
@@ -106,9 +117,13 @@ class _Embed(nn.Module):
 def _faces(subjects=6, per=4):
     rng = np.random.default_rng(0)
     bases = rng.uniform(0, 255, (subjects, 14, 14, 3)).astype(np.float32)
-    images = [np.clip(cv2.resize(bases[s], (112, 112), interpolation=cv2.INTER_CUBIC)
-                      + rng.normal(0, 12, (112, 112, 3)), 0, 255).astype(np.uint8)
-              for s in range(subjects) for _ in range(per)]
+    images = [
+        np.clip(
+            cv2.resize(bases[s], (112, 112), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 12, (112, 112, 3)), 0, 255
+        ).astype(np.uint8)
+        for s in range(subjects)
+        for _ in range(per)
+    ]
     return np.stack(images), np.repeat(np.arange(subjects), per)
 
 
@@ -119,8 +134,9 @@ def test_ijb_report_files_histogram_cmc_and_checks(tmp_path):
     model = nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(3 * 14 * 14, 16))
     with pytest.raises(FacelabError, match="mean: model 0.0, data 0.5 .*--allow-mismatch mean"):
         ijb.evaluate_ijb(model, root, out=tmp_path / "o", preprocess={"mean": 0.0}, workers=0)
-    res = ijb.evaluate_ijb(model, root, out=tmp_path / "o", preprocess={"mean": 0.0}, workers=0,
-                           allow_mismatch=["mean"])
+    res = ijb.evaluate_ijb(
+        model, root, out=tmp_path / "o", preprocess={"mean": 0.0}, workers=0, allow_mismatch=["mean"]
+    )
     v = res["verification"]["N0D1F1"]
     assert sum(v["histogram"]["genuine"]) == v["positives"] and sum(v["histogram"]["impostor"]) == v["negatives"]
     g = res["identification"]["galleries"]

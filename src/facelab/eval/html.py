@@ -49,8 +49,11 @@ def markdown_table_html(markdown: str) -> str:
     """HTML tables from markdown pipe tables (header row, `---` row, body rows; blank lines separate tables)."""
     out = []
     for block in markdown.strip().split("\n\n"):
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines() if
-                line.strip().startswith("|")]
+        rows = [
+            [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in block.splitlines()
+            if line.strip().startswith("|")
+        ]
         rows = [r for r in rows if not all(set(c) <= set("-: ") and c for c in r)]  # drop the --- row
         if not rows:
             continue
@@ -75,11 +78,19 @@ def _checks_html(checks: Mapping | None) -> str:
     for name, fields in checks.get("sets", {}).items():
         for field, r in fields.items():
             status = _text(r["status"])
-            cells = [_text(name), _text(field), _text(r["model"]), _text("—" if r["data"] is None else r["data"]),
-                     _text(r["source"] or "—"), f'<span class="{status.replace(" ", "-")}">{status}</span>']
+            cells = [
+                _text(name),
+                _text(field),
+                _text(r["model"]),
+                _text("—" if r["data"] is None else r["data"]),
+                _text(r["source"] or "—"),
+                f'<span class="{status.replace(" ", "-")}">{status}</span>',
+            ]
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f"<p>Mismatches allowed (<code>--allow-mismatch</code>): {escape(allowed)}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return (
+        f"<p>Mismatches allowed (<code>--allow-mismatch</code>): {escape(allowed)}</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def render_html(
@@ -96,14 +107,18 @@ def render_html(
         parts += [f"<h3>{escape(caption)}</h3>", markdown_table_html(table)]
     parts.append("<h2>Plots</h2>")
     for caption, src in images:
-        parts.append(f'<figure><img src="{escape(src, quote=True)}" alt="{escape(caption, quote=True)}">'
-                     f"<figcaption>{escape(caption)}</figcaption></figure>")
+        parts.append(
+            f'<figure><img src="{escape(src, quote=True)}" alt="{escape(caption, quote=True)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
+        )
     parts += ["<h2>Data checks</h2>", _checks_html(checks), "<h2>Conventions</h2>"]
     for name, conv in conventions.items():
         parts += [f"<h3>{escape(name)}</h3>", _key_values(conv)]
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 def write_html(path: Path, *args: object, **kw: object) -> None:

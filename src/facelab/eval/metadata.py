@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from facelab.align.folder import MANIFEST as ALIGN_MANIFEST
 from facelab.data.transforms import PREPROCESS_DEFAULT, check_preprocess
 from facelab.errors import FacelabError
 from facelab.io import write_atomic
 
 FIELDS = ("template", "size", "colour", "mean", "std")
-ALIGN_MANIFEST = "align.json"  # facelab.align.folder.MANIFEST (not imported: that pulls in cv2 workers)
 ASSUMED = "assumed (insightface default for a bare .bin)"
 
 
@@ -65,8 +65,9 @@ def check_declared(declared: Mapping, where: str) -> dict:
         check_preprocess(fields)
     except FacelabError as e:
         raise FacelabError(f"{where}: {e}") from None
-    if "size" in fields and (isinstance(fields["size"], bool) or not isinstance(fields["size"], int)
-                             or fields["size"] < 1):
+    if "size" in fields and (
+        isinstance(fields["size"], bool) or not isinstance(fields["size"], int) or fields["size"] < 1
+    ):
         raise FacelabError(f"{where}: size must be a positive integer, got {fields['size']!r}")
     return fields
 
@@ -85,7 +86,7 @@ def _plain(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def describe_bin(path: Path, image_size: int | None = None) -> dict:
+def describe_bin(path: Path) -> dict:
     """Description {field: {"value", "source"}} of a `.bin` set: its sidecar, else the insightface default."""
     path = Path(path)
     side = sidecar_path(path)
@@ -93,13 +94,12 @@ def describe_bin(path: Path, image_size: int | None = None) -> dict:
         desc = {k: _field(v, side.name) for k, v in check_declared(_read_json(side), str(side)).items()}
     else:
         desc = {k: _field(PREPROCESS_DEFAULT[k], ASSUMED) for k in FIELDS}
-    if image_size is not None:
-        desc["size"] = _field(int(image_size), "measured (image height)")
     return desc
 
 
 def describe_array(images: np.ndarray, declared: Mapping | None = None) -> dict:
-    """Description of an image array [N, H, W, 3]: `declared` (or the bare .bin default), size measured."""
+    """Description of an image array [N, H, W, 3]: `declared` (or the bare .bin default), size measured
+    (the image height is the truth, whatever a sidecar says)."""
     desc = dict(declared) if declared is not None else {k: _field(PREPROCESS_DEFAULT[k], ASSUMED) for k in FIELDS}
     desc["size"] = _field(int(np.asarray(images).shape[1]), "measured (image height)")
     return desc
@@ -120,8 +120,8 @@ def describe_ijb(preprocess: Mapping | None) -> dict:
     """IJB loose crops: aligned here with the model's template and size; colour/normalisation insightface's."""
     pre = check_preprocess(dict(preprocess or {}))
     desc = {k: _field(pre[k], "aligned by facelab from the 5 landmarks") for k in ("template", "size")}
-    desc.update({k: _field(PREPROCESS_DEFAULT[k], "assumed (insightface IJB release)") for k in ("colour", "mean",
-                                                                                                   "std")})
+    for k in ("colour", "mean", "std"):
+        desc[k] = _field(PREPROCESS_DEFAULT[k], "assumed (insightface IJB release)")
     return desc
 
 
@@ -170,7 +170,8 @@ def check_data(name: str, preprocess: Mapping | None, data: Mapping, allow_misma
     if refused:
         fields = " ".join(f"--allow-mismatch {r.split(':')[0]}" for r in refused)
         raise FacelabError(
-            f"data check {name!r}: the data do not match the model's preprocessing: " + "; ".join(refused)
+            f"data check {name!r}: the data do not match the model's preprocessing: "
+            + "; ".join(refused)
             + f". Evaluate anyway with {fields} (or --allow-mismatch all; Python: allow_mismatch=(...))"
         )
     return record

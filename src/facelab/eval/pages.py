@@ -30,8 +30,15 @@ def write_pairs_page(out: Path, results: Mapping[str, dict], run: Mapping[str, o
         plot_score_histograms(hists, out / "scores.png", "cosine similarity (1 - squared L2 / 2)")
         images.append(("genuine vs impostor scores", "scores.png"))
     conventions = {name: r["convention"] for name, r in results.items() if "convention" in r}
-    write_html(out / "index.html", "facelab eval: pair verification", {**run, "created": _now()}, conventions,
-               [("pair verification", format_table(results))], images, checks)
+    write_html(
+        out / "index.html",
+        "facelab eval: pair verification",
+        {**run, "created": _now()},
+        conventions,
+        [("pair verification", format_table(results))],
+        images,
+        checks,
+    )
 
 
 def write_ijb_page(out: Path, result: Mapping, table: str) -> None:
@@ -52,8 +59,15 @@ def write_ijb_page(out: Path, result: Mapping, table: str) -> None:
     run = {"dataset": name, "images": result.get("images"), "templates": result.get("templates"), "created": _now()}
     run.update({k: result[k] for k in ("checkpoint", "root") if k in result})
     conventions = {f"1:1 {mode}": r["convention"] for mode, r in ver.items() if "convention" in r}
-    write_html(out / "index.html", f"facelab ijb: {name}", run, conventions, [(f"{name} results", table)], images,
-               result.get("data_checks"))
+    write_html(
+        out / "index.html",
+        f"facelab ijb: {name}",
+        run,
+        conventions,
+        [(f"{name} results", table)],
+        images,
+        result.get("data_checks"),
+    )
 
 
 def write_search_page(out: Path, metrics: Mapping, curve: Mapping | None) -> None:
@@ -65,12 +79,21 @@ def write_search_page(out: Path, metrics: Mapping, curve: Mapping | None) -> Non
         images.append(("CMC: identification rate against rank", "cmc.png"))
     keys = ("checkpoint", "gallery_dir", "probes_dir", "gallery", "probes", "mated", "non_mated")
     run = {**{k: metrics[k] for k in keys if k in metrics}, "created": _now()}
-    conventions = {"1:N search": {
-        "score": "cosine of L2-normalised embeddings (f(x) + f(flip x)); gallery: one mean template per identity",
-        "index": metrics.get("index"), "scoring": metrics.get("scoring"),
-        "cmc": "rank = 1 + non-mate gallery templates scoring >= the best mate",
-        "tpir_at_fpir": "threshold from the non-mated top-1 scores; alarm when top-1 > threshold",
-    }}
-    write_html(out / "index.html", "facelab search: 1:N identification", run, conventions,
-               [("1:N search", identification.format_table({"search": metrics}))], images,
-               metrics.get("data_checks"))
+    conventions = {
+        "1:N search": {
+            "score": "cosine of L2-normalised embeddings (f(x) + f(flip x)); gallery: one mean template per identity",
+            "index": metrics.get("index"),
+            "scoring": metrics.get("scoring"),
+            "cmc": "rank = 1 + non-mate gallery templates scoring >= the best mate",
+            "tpir_at_fpir": "threshold from the non-mated top-1 scores; alarm when top-1 > threshold",
+        }
+    }
+    write_html(
+        out / "index.html",
+        "facelab search: 1:N identification",
+        run,
+        conventions,
+        [("1:N search", identification.format_table({"search": metrics}))],
+        images,
+        metrics.get("data_checks"),
+    )

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from facelab.data.pairsets import load_bin
 from facelab.errors import FacelabError
@@ -30,7 +31,10 @@ def load_pair_sets(bins: list[Path], lfw: tuple[Path, Path] | None = None) -> di
     return sets
 
 
-def _evaluate_sets(model, sets, preprocess: dict, batch_size: int, flip: bool, **verify_kw) -> dict[str, dict]:
+def _evaluate_sets(
+    model: nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]], preprocess: dict, batch_size: int, flip: bool,
+    **verify_kw: object,
+) -> dict[str, dict]:
     """verify_pairs on each set, plus its genuine/impostor cosine histogram ("histogram")."""
     results = {}
     for name, (images, same) in sets.items():
