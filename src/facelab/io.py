@@ -16,7 +16,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
 
-    A crash leaves the old file (or none), never a half-written one.
+    A crash leaves the old file (or none), never a half-written one. The file gets the permissions an
+    ordinary new file would (0666 minus the umask; mkstemp alone would leave it private, 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,10 +27,17 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         with open(tmp, "rb+") as f:  # the data reaches the disk before the rename makes it visible
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:

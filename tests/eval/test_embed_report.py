@@ -159,3 +159,12 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
         write_atomic(path, broken)
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
