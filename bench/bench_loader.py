@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.randint(0, 256, (model_batch, 3, 112, 112), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 1000, (model_batch,), device=device)
     model = model_batch / time_steps(step, itertools.repeat((images, labels)), 1, args.steps, device)
-    print(f"device {device}; model {args.model} {variant}, batch {model_batch}: {model:.1f} images/s training")
+    print(f"device {device}; model {args.model} {variant}, batch {model_batch}: {model:.3g} images/s training")
     rates = {}
     with tempfile.TemporaryDirectory(prefix="facelab-bench-") as tmp:
         count = (args.batches + 1) * args.batch_size

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             for name, rate, ratio, mfu in bench_model(model, args, device, loader, sampler, peaks):
                 mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-                print(f"{model:<15}{name:<26}{rate:>10.1f}{ratio:>7.2f}x{mfu_text:>8}")
+                print(f"{model:<15}{name:<26}{rate:>10.3g}{ratio:>7.2f}x{mfu_text:>8}")
                 results[(model, name)] = rate
             print(f"{'':<15}({time.perf_counter() - t0:.0f} s)", flush=True)
         del loader

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="facelab-bench-") as tmp:
         folder = make_jpeg_folder(Path(tmp) / "train", 8, 8)
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
             "model": {"backbone": "tiny", "embedding_size": 128},
             "head": {"margin": "arcface", "kwargs": {"s": 32.0, "m": 0.5}},
             "train": {"steps": args.steps, "log_every": 10, "checkpoint_every": 10**6, "progress": False,
-                      "tensorboard": False, "threads": args.threads},
+                      "tensorboard": False, "threads": args.threads, "device": args.device},
         })
         t0 = time.perf_counter()
         summary = train(cfg)
