@@ -34,6 +34,12 @@ def to_input(images: torch.Tensor, preprocess: dict) -> torch.Tensor:
     x = images.float().div(255.0)
     if preprocess["colour"] == "BGR":
         x = x.flip(1)
-    mean = torch.as_tensor(preprocess["mean"], dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
-    std = torch.as_tensor(preprocess["std"], dtype=torch.float32, device=x.device).reshape(-1, 1, 1)
-    return (x - mean) / std
+    return (x - _channel_values(preprocess["mean"], x.device)) / _channel_values(preprocess["std"], x.device)
+
+
+def _channel_values(value: float | list, device: torch.device) -> float | torch.Tensor:
+    """A number as a Python float, 3 numbers as float32 [3, 1, 1] on `device`. A float needs no host-to-device
+    copy, which on CUDA (pageable memory, blocking) would stall the host every training step."""
+    if np.ndim(value) == 0:
+        return float(np.float32(value))  # the float32 value the tensor path would use
+    return torch.as_tensor(value, dtype=torch.float32).reshape(-1, 1, 1).to(device, non_blocking=True)

@@ -164,10 +164,15 @@ class Classifier(nn.Module):
                 f"classifier: labels of shape {tuple(labels.shape)} and dtype {labels.dtype}, "
                 f"expected [{embeddings.shape[0]}] int64"
             )
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise FacelabError(
-                f"classifier: labels must be in [0, {self.num_classes}), got [{int(labels.min())}, {int(labels.max())}]"
-            )
+        if not labels.numel():
+            return
+        if labels.device.type != "cpu":  # an exact check would sync the device every step: assert on the device
+            inside = ((labels >= 0) & (labels < self.num_classes)).all()
+            torch._assert_async(inside, f"classifier: labels must be in [0, {self.num_classes})")
+            return
+        low, high = torch.aminmax(labels)
+        if low < 0 or high >= self.num_classes:
+            raise FacelabError(f"classifier: labels must be in [0, {self.num_classes}), got [{int(low)}, {int(high)}]")
 
     def cosines(self, x: Tensor, classes: Tensor | None = None) -> Tensor:
         """cos [B, C_local] (or raw logits when normalize=False) of float embeddings x [B, d];

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from facelab.config import Config, check_choice, config_to_dict
 from facelab.data import open_training_set
+from facelab.data.loader import make_loader, to_device
 from facelab.data.pairsets import load_bin
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
@@ -74,6 +74,23 @@ def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: C
     )
 
 
+def _check_finite(pending: list[torch.Tensor], step: int) -> None:
+    """Raise if any loss of the steps ending at `step` is NaN/inf, naming the first; empties `pending`.
+
+    One device sync for all of them, at log, eval and checkpoint steps only, instead of one per step:
+    a diverged run still stops before its weights are evaluated or checkpointed.
+    """
+    if not pending:
+        return
+    losses = torch.stack(pending)  # [n] the losses of steps step-n+1 .. step
+    pending.clear()
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        first = int(bad[0, 0])
+        bad_step = step - len(losses) + first
+        raise FacelabError(f"step {bad_step}: loss is {losses[first].item()} (lower optim.lr or enable clipping)")
+
+
 def _prepare_run(cfg: Config, resume: bool) -> Path:
     run = Path(cfg.output)
     if (run / CHECKPOINT_NAME).exists() and not resume:
@@ -130,17 +147,17 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
 
     end = min(cfg.train.steps, stop_at) if stop_at else cfg.train.steps
     task.train()
+    loader = make_loader(dataset, sampler, cfg.data.workers, device)  # once: persistent workers
+    pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (checked without a per-step sync)
     while step < end:
         sampler.set_position(*divmod(step, per_epoch))
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers)
         tick = time.perf_counter()
         for images, labels, *rest in loader:  # rest: [] or [extras dict] (see facelab.train.task)
-            images, labels = images.to(device), labels.to(device)
-            extras = {k: v.to(device) for k, v in rest[0].items()} if rest else {}
+            images, labels, *rest = to_device([images, labels, *rest], device)
+            extras = rest[0] if rest else {}
             with _autocast(device, cfg.train.amp):
                 losses = task(images, labels, **extras)
-            if not torch.isfinite(losses["loss"]):
-                raise FacelabError(f"step {step}: loss is {losses['loss'].item()} (lower optim.lr or enable clipping)")
+            pending.append(losses["loss"].detach())
             if isinstance(sampler, AdaptiveBatchSampler):  # per-sample feedback: hard images drawn more often
                 sampler.feedback(step % per_epoch, task.correct.cpu().numpy())
             optimizer.zero_grad(set_to_none=True)
@@ -156,15 +173,18 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
             bar.update(1)
 
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                _check_finite(pending, step)
                 values = {f"loss/{k}": v.item() for k, v in losses.items()}
                 values["lr"] = scheduler.get_last_lr()[0]
                 logger.log(step, values)
                 bar.set_postfix(loss=f"{values['loss/loss']:.3f}")
             train_seconds += time.perf_counter() - tick
             if val_sets and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                _check_finite(pending, step)
                 results = _evaluate(task, val_sets, cfg, device)
                 logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
             if step % cfg.train.checkpoint_every == 0 or step == end:
+                _check_finite(pending, step)
                 _checkpoint(run, task, optimizer, scheduler, scaler, step, cfg, dataset.num_classes, sampler)
             if step >= end:
                 break
