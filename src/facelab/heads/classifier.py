@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from facelab.errors import FacelabError
 from facelab.heads.cosines import Cosines
+from facelab.distributed.partial_fc import check_sample_rate, sample_columns, seeded_normal, seeded_uniform
 
 
 def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -44,13 +45,15 @@ def target_cos(cos: Tensor, local: Tensor, world_size: int = 1) -> Tensor:
     """cos θ_y [B] of every sample, shared across ranks.
 
     Each rank contributes its column where the target is local and 0 elsewhere; the sum over ranks is
-    cos θ_y. At world size 1 that sum is the local value (with its gradient); a sharded run replaces
-    this function with one that all-reduces the contribution.
+    cos θ_y. At world size 1 that sum is the local value (with its gradient); a sharded run all-reduces
+    the contribution (facelab.distributed.ops.all_reduce_sum, differentiable).
     """
     picked = cos.gather(1, local.clamp(min=0)[:, None]).squeeze(1)  # [B]
     contribution = torch.where(local >= 0, picked, torch.zeros_like(picked))
     if world_size != 1:
-        raise NotImplementedError("sharing cos θ_y across ranks needs the all-reduce of facelab.distributed")
+        from facelab.distributed.ops import all_reduce_sum  # lazy: heads stay importable without it
+
+        return all_reduce_sum(contribution)
     return contribution
 
 
@@ -106,6 +109,8 @@ class Classifier(nn.Module):
         world_size: int = 1,
         class_margins: tuple[float, float] | None = None,
         hard_prototypes: int = 0,
+        sample_rate: float = 1.0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.embedding_size = _positive_int("embedding_size", embedding_size)
@@ -123,13 +128,25 @@ class Classifier(nn.Module):
         self.normalize, self.rank = normalize, rank
         self.start, self.end = class_range(num_classes, rank, world_size)
         self.num_local = self.end - self.start
-        self.weight = nn.Parameter(torch.empty(self.num_local * sub_centers, embedding_size).normal_(0.0, 0.01))
+        self.seed, self.sample_rate = seed, check_sample_rate(sample_rate)
+        if seed is None:  # torch's global RNG: the init depends on the rank's share
+            weight = torch.empty(self.num_local * sub_centers, embedding_size).normal_(0.0, 0.01)
+        else:  # the same centres for a class whatever the world size (resharding, equivalence)
+            weight = seeded_normal(seed, self.start, self.end, sub_centers, embedding_size, 0.01)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(self.num_local)) if bias else None
         init = _margin_init(class_margins)
         if init is not None and not normalize:
             raise FacelabError("classifier: class_margins needs normalize=True")
         self.margin_init = init
-        self.class_margins = None if init is None else nn.Parameter(torch.empty(self.num_local).uniform_(*init))
+        if init is None:
+            self.class_margins = None
+        elif seed is None:
+            self.class_margins = nn.Parameter(torch.empty(self.num_local).uniform_(*init))
+        else:
+            self.class_margins = nn.Parameter(seeded_uniform(seed, self.start, self.end, *init))
+        if self.sample_rate < 1.0:  # Partial FC: the step number seeds each step's class sample (resumable)
+            self.register_buffer("sample_step", torch.zeros((), dtype=torch.int64))
         self.hard_prototypes = hard_prototypes
         self.columns: Tensor | None = None  # class ids of the columns of the last forward; None: all classes
 
@@ -144,6 +161,9 @@ class Classifier(nn.Module):
             raise FacelabError(f"classifier: hard_prototypes={k!r} is invalid: must be an integer >= 0")
         if k and not self.normalize:
             raise FacelabError("classifier: hard_prototypes needs normalize=True (cosine prototypes)")
+        if k and (self.world_size != 1 or self.sample_rate < 1.0):
+            raise FacelabError("classifier: hard_prototypes is implemented at world size 1 without Partial FC "
+                               f"(world_size={self.world_size}, sample_rate={self.sample_rate})")
         self._hard_prototypes = k
 
     def extra_repr(self) -> str:
@@ -151,7 +171,7 @@ class Classifier(nn.Module):
             f"embedding_size={self.embedding_size}, classes=[{self.start}, {self.end}) of {self.num_classes}, "
             f"normalize={self.normalize}, bias={self.bias is not None}, sub_centers={self.sub_centers}, "
             f"rank={self.rank}, world_size={self.world_size}, class_margins={self.margin_init}, "
-            f"hard_prototypes={self.hard_prototypes}"
+            f"hard_prototypes={self.hard_prototypes}, sample_rate={self.sample_rate}"
         )
 
     def check_inputs(self, embeddings: Tensor, labels: Tensor) -> None:
@@ -200,10 +220,22 @@ class Classifier(nn.Module):
             local = local_labels(labels, self.start, self.end)  # [B]
             margins = None if self.class_margins is None else self.class_margins.to(dtype)  # [C_local]
             self.columns = self.mined_classes(labels) if self.training and self.hard_prototypes else None
+            if self.training and self.sample_rate < 1.0:
+                self.columns = self.sampled_classes(local)  # [U] local ids (class ids - start)
             if self.columns is None:
                 cos = self.cosines(x)  # [B, C_local]
-            else:  # world size 1: local ids are class ids; every label is among the columns
+            else:  # every local label is among the columns
                 cos = self.cosines(x, self.columns)  # [B, U]
-                local = torch.searchsorted(self.columns, local)  # [B] column of each label
+                inside = torch.searchsorted(self.columns, local.clamp(min=0))  # [B] column of each local label
+                local = torch.where(local >= 0, inside, local)
                 margins = None if margins is None else margins[self.columns]  # [U]
-            return Cosines(cos, local, target_cos(cos, local, self.world_size), x.norm(dim=1), margins)
+                self.columns = self.columns + self.start  # class ids of the columns
+            cos_y = target_cos(cos, local, self.world_size)
+            return Cosines(cos, local, cos_y, x.norm(dim=1), margins, self.world_size)
+
+    def sampled_classes(self, local: Tensor) -> Tensor:
+        """Partial FC: sorted local ids [U] of this step's positives plus random negatives (see partial_fc)."""
+        step = int(self.sample_step)
+        self.sample_step += 1
+        seed = 0 if self.seed is None else self.seed
+        return sample_columns(local, self.num_local, self.sample_rate, (seed, step, self.rank))
