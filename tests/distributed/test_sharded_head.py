@@ -68,14 +68,14 @@ def compare(rank, size, out):
         for p in net.parameters():  # DDP: the mean over ranks
             torch.distributed.all_reduce(p.grad)
             p.grad /= size
-        err["backbone"] = max((a.grad - b.grad).abs().max().item() for a, b in zip(net.parameters(),
-                                                                                   net_full.parameters()))
+        pairs = zip(net.parameters(), net_full.parameters(), strict=True)
+        err["backbone"] = max((a.grad - b.grad).abs().max().item() for a, b in pairs)
         for name, sl in rows.items():
             p = getattr(shard.classifier, name)
             if p is not None:
                 err[name] = (p.grad - getattr(full.classifier, name).grad[sl]).abs().max().item()
-        state = [(a - b).abs().max().item() for a, b in zip(shard.margin.state_dict().values(),
-                                                             full.margin.state_dict().values())]
+        buffers = zip(shard.margin.state_dict().values(), full.margin.state_dict().values(), strict=True)
+        state = [(a - b).abs().max().item() for a, b in buffers]
         err["margin_state"] = max(state, default=0.0)
         errors[margin] = err
     gathered = [None] * size

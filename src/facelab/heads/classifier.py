@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facelab.distributed.partial_fc import check_sample_rate, sample_columns, seeded_normal, seeded_uniform
 from facelab.errors import FacelabError
 from facelab.heads.cosines import Cosines
-from facelab.distributed.partial_fc import check_sample_rate, sample_columns, seeded_normal, seeded_uniform
 
 
 def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
