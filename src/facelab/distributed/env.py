@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facelab.distributed.batchnorm import convert_batchnorm
 from facelab.errors import FacelabError
 
 
@@ -59,12 +60,15 @@ def barrier(env: DistEnv) -> None:
 
 
 def wrap_backbone(backbone: nn.Module, env: DistEnv) -> tuple[nn.Module, ...]:
-    """(DistributedDataParallel(backbone),) in a multi-process run, () otherwise. BatchNorm becomes
-    SyncBatchNorm on CUDA; on CPU (gloo) torch has no SyncBatchNorm, each rank normalises its own share."""
+    """(DistributedDataParallel(backbone),) in a multi-process run, () otherwise. BatchNorm layers
+    normalise over the global batch: torch's SyncBatchNorm on CUDA, facelab's GlobalBatchNorm on CPU
+    (torch's is GPU-only); converted in place, same parameters."""
     if env.world_size == 1:
         return ()
     if env.device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+    else:
+        convert_batchnorm(backbone)
     ids = [env.device.index] if env.device.type == "cuda" else None
     return (nn.parallel.DistributedDataParallel(backbone, device_ids=ids),)
 
