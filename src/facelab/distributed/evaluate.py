@@ -31,5 +31,6 @@ def evaluate_pairsets_sharded(
         dist.all_gather_object(shares, mine)
         emb = np.concatenate(shares)  # [2N, d] in image order
         results[name] = verify_pairs(emb[0::2], emb[1::2], same)
-        log.info("%s: accuracy %.4f ± %.4f", name, results[name]["accuracy"], results[name]["accuracy_std"])
+        if rank == 0:
+            log.info("%s: accuracy %.4f ± %.4f", name, results[name]["accuracy"], results[name]["accuracy_std"])
     return results

@@ -193,8 +193,10 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
                 bar.set_postfix(loss=f"{values['loss/loss']:.3f}")
             train_seconds += time.perf_counter() - tick
             if val_sets and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                started = time.perf_counter()
                 results = _evaluate(task, val_sets, cfg, device)
-                logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
+                values = {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()}
+                logger.log(step, {**values, "val/seconds": time.perf_counter() - started})
             if step % cfg.train.checkpoint_every == 0 or step == end:
                 _checkpoint(run, task, optimizer, scheduler, scaler, step, cfg, dataset.num_classes, sampler, env)
             if step >= end:
