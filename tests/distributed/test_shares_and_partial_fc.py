@@ -51,11 +51,12 @@ def test_sample_columns_keeps_positives_and_the_rate():
     assert torch.equal(many, torch.arange(30))  # more positives than the rate: all positives, no negative
 
 
-def test_partial_fc_logits_are_the_full_logits_of_the_sampled_columns():
+@pytest.mark.parametrize(("margin", "kwargs"), [("arcface", {"s": 16.0}), ("softmax", {})])
+def test_partial_fc_logits_are_the_full_logits_of_the_sampled_columns(margin, kwargs):
     torch.manual_seed(0)
-    full = build_head("arcface", 6, 40, s=16.0).double()
-    part = build_head("arcface", 6, 40, s=16.0, classifier_kwargs={"sample_rate": 0.25, "seed": 0}).double()
-    part.classifier.weight.data.copy_(full.classifier.weight)
+    full = build_head(margin, 6, 40, **kwargs).double()
+    part = build_head(margin, 6, 40, classifier_kwargs={"sample_rate": 0.25, "seed": 0}, **kwargs).double()
+    part.load_state_dict(full.state_dict(), strict=False)  # same centres (and biases); sample_step stays
     x, labels = torch.randn(5, 6, dtype=torch.float64), torch.tensor([1, 30, 30, 7, 12])
     losses, logits = part.forward_with_logits(x, labels)
     cols = part.classifier.columns

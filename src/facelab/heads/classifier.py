@@ -194,7 +194,10 @@ class Classifier(nn.Module):
         with `classes` [U] (local class indices), only those columns: [B, U]."""
         weight = self.weight.to(x.dtype)
         if not self.normalize:
-            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            if classes is not None:  # Partial FC on raw logits (one centre per class)
+                weight, bias = weight[classes], None if bias is None else bias[classes]
+            return F.linear(x, weight, bias)
         num = self.num_local
         if classes is not None:
             weight, num = weight.view(num, self.sub_centers, -1)[classes].flatten(0, 1), len(classes)
