@@ -53,6 +53,7 @@ def full_state(head: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict,
     for key in SHARDED:
         if key in state:
             state[key] = _gather(state[key])
+    opt = {**opt, "state": {i: dict(v) for i, v in opt["state"].items()}}  # state_dict shares the live dicts
     for index, key in _optimizer_keys(optimizer, head).items():
         rows = getattr(head.classifier, key.split(".")[1]).shape[0]
         for name, value in opt["state"].get(index, {}).items():
