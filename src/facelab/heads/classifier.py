@@ -2,21 +2,28 @@
 
 Classes are split over `world_size` ranks in contiguous ranges; this rank holds [start, end). Labels
 are mapped to local columns (-1 where the target lives on another rank) and cos θ_y is shared by
-`target_cos`, whose sum over ranks is the identity at world size 1 (the only case implemented here;
-facelab.distributed replaces it with an all-reduce). Sub-centres (Sub-center ArcFace, Deng et al.
-2020): K centres per class, cos θ_j = max_k cos θ_{j,k}. Per-class margins (AdaM-Softmax, AdaptiveFace,
-Liu et al. 2019), opt-in: one learnable margin per class, sharded like the centres, handed to the margin
-in `Cosines.class_margins`.
+`target_cos`, a sum over ranks: the identity at world size 1, a differentiable all-reduce
+(facelab.distributed.ops) in a sharded run, whose forward receives the gathered global batch.
+Sub-centres (Sub-center ArcFace, Deng et al. 2020): K centres per class, cos θ_j = max_k cos θ_{j,k}.
+Per-class margins (AdaM-Softmax, AdaptiveFace, Liu et al. 2019), opt-in: one learnable margin per class,
+sharded like the centres, handed to the margin in `Cosines.class_margins`.
 
 Hard Prototype Mining (AdaptiveFace, Liu et al. 2019, Sec. 3.2), opt-in with `hard_prototypes=k`: in
 training mode the softmax runs over the batch's classes plus the k nearest prototypes of each (by centre
 cosine, max over sub-centre pairs, computed without gradient from the current centres every step), instead
 of all classes. `Cosines` then has one column per selected class (sorted by class id), labels remapped to
 those columns, per-class margins picked alike; `columns` holds the selected class ids of the last forward
-(None when every class took part). Eval mode uses every class. Only world size 1 is implemented; a sharded
+(None when every class took part). Eval mode uses every class. Only world size 1 is implemented (refused
+when built otherwise, and with Partial FC); a sharded
 run would all-gather the batch labels and their normalised centres, let every rank take the top-k among
 its own classes, all-gather those candidates (k per batch class and rank), take the global top-k by cosine
 and keep the selected classes of its own range (labels of other ranks' classes -> -1, as without mining).
+
+Partial FC (An et al. 2022), opt-in with `sample_rate` < 1: in training mode each shard keeps the batch's
+positive classes plus random others, about sample_rate·C_local columns (facelab.distributed.partial_fc),
+handled like mined columns; the draw is seeded by (seed, sample_step buffer, rank). `seed`: centres (and
+per-class margins) drawn per block of classes from seeded generators, the same for a class at any world
+size; None: torch's global RNG, as before.
 """
 
 import torch

@@ -33,6 +33,9 @@ class FaceTask(nn.Module):
         super().__init__()
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
+        if shard[1] > 1 and cfg.model.groupface.groups:
+            raise FacelabError("config model.groupface: GroupFace's self-distributed labels use one process's batch "
+                               "mean; not implemented for more than one process")
         reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
         if reserved:
             raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
