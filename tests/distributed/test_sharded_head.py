@@ -59,7 +59,7 @@ def compare(rank, size, out):
     errors = {}
     x, labels = batch()
     mine = slice(rank * B // size, (rank + 1) * B // size)
-    for margin in sorted(MARGINS):
+    for margin in sorted(MARGINS):  # one process group for all: spawning is the slow part
         full, shard, rows = heads(margin, rank, size)
         net_full, net = backbone(), backbone()
         ref = run(full, net_full, x, labels)
@@ -78,11 +78,34 @@ def compare(rank, size, out):
         state = [(a - b).abs().max().item() for a, b in buffers]
         err["margin_state"] = max(state, default=0.0)
         errors[margin] = err
+    errors["partial_fc"] = partial_fc_error(rank, size)
     gathered = [None] * size
     torch.distributed.all_gather_object(gathered, errors)
     if rank == 0:
         with open(out, "w") as f:
             json.dump(gathered, f)
+
+
+def partial_fc_error(rank, size):
+    """Sharded Partial FC (sample_rate 0.25 of 40 classes): |loss - one-process cross-entropy over the union
+    of every rank's sampled columns|, and whether every label is among them."""
+    torch.manual_seed(2)
+    full = build_head("arcface", D, 40, s=16.0).double()
+    kw = {"rank": rank, "world_size": size, "sample_rate": 0.25, "seed": 0}
+    shard = build_head("arcface", D, 40, s=16.0, classifier_kwargs=kw).double()
+    clf = shard.classifier
+    shard.classifier.weight.data.copy_(full.classifier.weight[clf.start : clf.end])
+    g = torch.Generator().manual_seed(4)
+    x, labels = torch.randn(B, D, generator=g, dtype=torch.float64), torch.randint(0, 40, (B,), generator=g)
+    mine = slice(rank * B // size, (rank + 1) * B // size)
+    loss = shard(x[mine], labels[mine])["loss"].item()
+    parts = [None] * size
+    torch.distributed.all_gather_object(parts, clf.columns.tolist())
+    union = torch.tensor(sum(parts, []))  # sorted: rank ranges are in class order
+    ref = full.margin(full.classifier(x, labels))[:, union]  # [B, U]
+    ce = torch.nn.functional.cross_entropy(ref, torch.searchsorted(union, labels)).item()
+    return {"loss": abs(loss - ce), "labels_kept": float(not set(labels.tolist()) <= set(union.tolist())),
+            "columns": abs(len(union) - 10)}
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +123,8 @@ def test_sharded_head_equals_single_process(errors, margin):
         assert "backbone" in err and "weight" in err
         for what, value in err.items():
             assert value < 1e-9, f"rank {rank} {margin}: {what} differs by {value:.3g}"
+
+
+def test_sharded_partial_fc_is_the_softmax_over_the_sampled_columns(errors):
+    for per_margin in errors:
+        assert per_margin["partial_fc"] == {"loss": pytest.approx(0.0, abs=1e-9), "labels_kept": 0.0, "columns": 0}

@@ -8,11 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from facelab.config import config_from_dict
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.distributed.batchnorm import GlobalBatchNorm, convert_batchnorm
 from facelab.distributed.partial_fc import sample_columns, seeded_normal, seeded_uniform
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, build_head
+from facelab.train.task import FaceTask
+
+PREPROCESS = {"template": "arcface112", "size": 112, "colour": "RGB", "mean": 0.5, "std": 0.5}
 
 
 @pytest.mark.parametrize("cls", [EpochBatchSampler, AdaptiveBatchSampler])
@@ -100,3 +104,12 @@ def test_global_batchnorm_is_batchnorm_in_one_process():
     torch.testing.assert_close(net.state_dict(), ref.state_dict())  # running mean / unbiased var / count
     net.eval(), ref.eval()
     torch.testing.assert_close(net(x), ref(x))
+
+
+@pytest.mark.parametrize(("section", "value", "match"), [("model", {"groupface": {"groups": 2}}, "groupface"),
+                                                         ("train", {"amp": "fp16"}, "fp16")])
+def test_unsupported_multi_process_settings_are_refused(section, value, match):
+    cfg = config_from_dict({"model": {"backbone": "tiny", "embedding_size": 16}, section: value})
+    with pytest.raises(FacelabError, match=match):
+        FaceTask(cfg, 6, PREPROCESS, shard=(0, 2))
+    FaceTask(cfg, 6, PREPROCESS)  # one process: fine

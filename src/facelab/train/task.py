@@ -36,6 +36,8 @@ class FaceTask(nn.Module):
         if shard[1] > 1 and cfg.model.groupface.groups:
             raise FacelabError("config model.groupface: GroupFace's self-distributed labels use one process's batch "
                                "mean; not implemented for more than one process")
+        if shard[1] > 1 and cfg.train.amp == "fp16":  # each rank's scaler would skip steps on its own shard's inf
+            raise FacelabError("config train.amp: 'fp16' is not implemented for more than one process; use bf16")
         reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
         if reserved:
             raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
