@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     cfg = load_config(_recipe(a.config), a.overrides)
     summary = train(cfg, resume=a.resume)
-    _print_results(summary["pairs"])
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one table, from rank 0
+        _print_results(summary["pairs"])
     return 0
 
 

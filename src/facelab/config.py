@@ -76,9 +76,11 @@ class HeadConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # margin arguments (s, m, ...)
     sub_centers: int | None = None  # class sub-centres K; None: the margin's default (3 for subcenter_arcface)
     hard_prototypes: int = 0  # AdaptiveFace Hard Prototype Mining: k nearest prototypes per class; 0: off
+    sample_rate: float = 1.0  # Partial FC: share of each shard's classes in a step's softmax; 1.0: all
 
     def __post_init__(self) -> None:
         _require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes, "must be >= 0")
+        _require(0.0 < self.sample_rate <= 1.0, "head.sample_rate", self.sample_rate, "must be in (0, 1]")
 
 
 @dataclass

@@ -116,6 +116,5 @@ def test_bad_settings():
         Classifier(D, C, hard_prototypes=1.5)
     with pytest.raises(FacelabError, match="normalize=True"):
         Classifier(D, C, normalize=False, hard_prototypes=2)
-    clf = Classifier(D, C, world_size=2, hard_prototypes=2).train()
-    with pytest.raises(NotImplementedError, match="world size 1"):
-        clf(torch.randn(3, D), torch.tensor([0, 1, 2]))
+    with pytest.raises(FacelabError, match="world size 1"):  # refused when built, not at the first step
+        Classifier(D, C, world_size=2, hard_prototypes=2)

@@ -1,4 +1,9 @@
-"""Batch samplers whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+"""Batch samplers whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+Multi-process runs (COMMON per-rank convention): `batch_size` is the GLOBAL batch; with `rank` and
+`world_size` every rank draws the same global batches and yields its contiguous share of each
+(batch_size / world_size items, rank order), so the ranks' shares together are the world-size-1 batch.
+"""
 
 from collections.abc import Iterator
 
@@ -7,13 +12,24 @@ import torch
 from torch.utils.data import Sampler
 
 
+def rank_share(batch_size: int, rank: int, world_size: int) -> slice:
+    """The items [rank·b, (rank+1)·b) of a global batch, b = batch_size / world_size (must divide)."""
+    if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not split over rank {rank} of {world_size} processes")
+    share = batch_size // world_size
+    return slice(rank * share, (rank + 1) * share)
+
+
 class EpochBatchSampler(Sampler[list[tuple[int, bool]]]):
     """Shuffled batches of (index, flip) items; drop_last. `set_position(epoch, batch)` resumes mid-epoch."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, flip: bool = True) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, flip: bool = True, rank: int = 0, world_size: int = 1
+    ) -> None:
         if num_samples < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training images")
         self.num_samples, self.batch_size, self.seed, self.flip = num_samples, batch_size, seed, flip
+        self.share = rank_share(batch_size, rank, world_size)
         self.epoch, self.start_batch = 0, 0
 
     def set_position(self, epoch: int, batch: int = 0) -> None:
@@ -28,7 +44,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, bool]]]):
         flips = rng.random(self.num_samples) < 0.5 if self.flip else np.zeros(self.num_samples, bool)
         for b in range(self.start_batch, self.num_samples // self.batch_size):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [(int(i), bool(f)) for i, f in zip(order[sl], flips[sl], strict=True)]
+            yield [(int(i), bool(f)) for i, f in zip(order[sl], flips[sl], strict=True)][self.share]
 
 
 class AdaptiveBatchSampler(Sampler[list[tuple[int, bool]]]):
@@ -58,9 +74,12 @@ class AdaptiveBatchSampler(Sampler[list[tuple[int, bool]]]):
         down: float = 0.8,
         min_weight: float = 0.2,
         max_weight: float = 5.0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if num_samples < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training images")
+        self.share = rank_share(batch_size, rank, world_size)
         if not (up >= 1.0 and 0.0 < down <= 1.0 and 0.0 < min_weight <= 1.0 <= max_weight < np.inf):
             raise ValueError("adaptive sampling needs up >= 1, 0 < down <= 1, 0 < min <= 1 <= max < inf, got "
                              f"up={up}, down={down}, min={min_weight}, max={max_weight}")
@@ -94,10 +113,11 @@ class AdaptiveBatchSampler(Sampler[list[tuple[int, bool]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
         for b in range(self.start_batch, self.num_samples // self.batch_size):
-            yield self.batch(b)
+            yield self.batch(b)[self.share]
 
     def feedback(self, b: int, correct: np.ndarray) -> None:
-        """Update the weights of the images of batch `b` of this epoch from `correct` [batch_size] bool.
+        """Update the weights of the images of (global) batch `b` of this epoch from `correct` [batch_size]
+        bool, the gathered feedback of every rank in a multi-process run.
         An image drawn twice in the batch is updated once per draw, in order."""
         correct = np.asarray(correct, dtype=bool)
         indices = self.order[b * self.batch_size : (b + 1) * self.batch_size]

@@ -2,27 +2,35 @@
 
 Classes are split over `world_size` ranks in contiguous ranges; this rank holds [start, end). Labels
 are mapped to local columns (-1 where the target lives on another rank) and cos θ_y is shared by
-`target_cos`, whose sum over ranks is the identity at world size 1 (the only case implemented here;
-facelab.distributed replaces it with an all-reduce). Sub-centres (Sub-center ArcFace, Deng et al.
-2020): K centres per class, cos θ_j = max_k cos θ_{j,k}. Per-class margins (AdaM-Softmax, AdaptiveFace,
-Liu et al. 2019), opt-in: one learnable margin per class, sharded like the centres, handed to the margin
-in `Cosines.class_margins`.
+`target_cos`, a sum over ranks: the identity at world size 1, a differentiable all-reduce
+(facelab.distributed.ops) in a sharded run, whose forward receives the gathered global batch.
+Sub-centres (Sub-center ArcFace, Deng et al. 2020): K centres per class, cos θ_j = max_k cos θ_{j,k}.
+Per-class margins (AdaM-Softmax, AdaptiveFace, Liu et al. 2019), opt-in: one learnable margin per class,
+sharded like the centres, handed to the margin in `Cosines.class_margins`.
 
 Hard Prototype Mining (AdaptiveFace, Liu et al. 2019, Sec. 3.2), opt-in with `hard_prototypes=k`: in
 training mode the softmax runs over the batch's classes plus the k nearest prototypes of each (by centre
 cosine, max over sub-centre pairs, computed without gradient from the current centres every step), instead
 of all classes. `Cosines` then has one column per selected class (sorted by class id), labels remapped to
 those columns, per-class margins picked alike; `columns` holds the selected class ids of the last forward
-(None when every class took part). Eval mode uses every class. Only world size 1 is implemented; a sharded
+(None when every class took part). Eval mode uses every class. Only world size 1 is implemented (refused
+when built otherwise, and with Partial FC); a sharded
 run would all-gather the batch labels and their normalised centres, let every rank take the top-k among
 its own classes, all-gather those candidates (k per batch class and rank), take the global top-k by cosine
 and keep the selected classes of its own range (labels of other ranks' classes -> -1, as without mining).
+
+Partial FC (An et al. 2022), opt-in with `sample_rate` < 1: in training mode each shard keeps the batch's
+positive classes plus random others, about sample_rate·C_local columns (facelab.distributed.partial_fc),
+handled like mined columns; the draw is seeded by (seed, sample_step buffer, rank). `seed`: centres (and
+per-class margins) drawn per block of classes from seeded generators, the same for a class at any world
+size; None: torch's global RNG, as before.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facelab.distributed.partial_fc import check_sample_rate, sample_columns, seeded_normal, seeded_uniform
 from facelab.errors import FacelabError
 from facelab.heads.cosines import Cosines
 
@@ -44,13 +52,15 @@ def target_cos(cos: Tensor, local: Tensor, world_size: int = 1) -> Tensor:
     """cos θ_y [B] of every sample, shared across ranks.
 
     Each rank contributes its column where the target is local and 0 elsewhere; the sum over ranks is
-    cos θ_y. At world size 1 that sum is the local value (with its gradient); a sharded run replaces
-    this function with one that all-reduces the contribution.
+    cos θ_y. At world size 1 that sum is the local value (with its gradient); a sharded run all-reduces
+    the contribution (facelab.distributed.ops.all_reduce_sum, differentiable).
     """
     picked = cos.gather(1, local.clamp(min=0)[:, None]).squeeze(1)  # [B]
     contribution = torch.where(local >= 0, picked, torch.zeros_like(picked))
     if world_size != 1:
-        raise NotImplementedError("sharing cos θ_y across ranks needs the all-reduce of facelab.distributed")
+        from facelab.distributed.ops import all_reduce_sum  # lazy: heads stay importable without it
+
+        return all_reduce_sum(contribution)
     return contribution
 
 
@@ -106,6 +116,8 @@ class Classifier(nn.Module):
         world_size: int = 1,
         class_margins: tuple[float, float] | None = None,
         hard_prototypes: int = 0,
+        sample_rate: float = 1.0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.embedding_size = _positive_int("embedding_size", embedding_size)
@@ -123,13 +135,25 @@ class Classifier(nn.Module):
         self.normalize, self.rank = normalize, rank
         self.start, self.end = class_range(num_classes, rank, world_size)
         self.num_local = self.end - self.start
-        self.weight = nn.Parameter(torch.empty(self.num_local * sub_centers, embedding_size).normal_(0.0, 0.01))
+        self.seed, self.sample_rate = seed, check_sample_rate(sample_rate)
+        if seed is None:  # torch's global RNG: the init depends on the rank's share
+            weight = torch.empty(self.num_local * sub_centers, embedding_size).normal_(0.0, 0.01)
+        else:  # the same centres for a class whatever the world size (resharding, equivalence)
+            weight = seeded_normal(seed, self.start, self.end, sub_centers, embedding_size, 0.01)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(self.num_local)) if bias else None
         init = _margin_init(class_margins)
         if init is not None and not normalize:
             raise FacelabError("classifier: class_margins needs normalize=True")
         self.margin_init = init
-        self.class_margins = None if init is None else nn.Parameter(torch.empty(self.num_local).uniform_(*init))
+        if init is None:
+            self.class_margins = None
+        elif seed is None:
+            self.class_margins = nn.Parameter(torch.empty(self.num_local).uniform_(*init))
+        else:
+            self.class_margins = nn.Parameter(seeded_uniform(seed, self.start, self.end, *init))
+        if self.sample_rate < 1.0:  # Partial FC: the step number seeds each step's class sample (resumable)
+            self.register_buffer("sample_step", torch.zeros((), dtype=torch.int64))
         self.hard_prototypes = hard_prototypes
         self.columns: Tensor | None = None  # class ids of the columns of the last forward; None: all classes
 
@@ -144,6 +168,9 @@ class Classifier(nn.Module):
             raise FacelabError(f"classifier: hard_prototypes={k!r} is invalid: must be an integer >= 0")
         if k and not self.normalize:
             raise FacelabError("classifier: hard_prototypes needs normalize=True (cosine prototypes)")
+        if k and (self.world_size != 1 or self.sample_rate < 1.0):
+            raise FacelabError("classifier: hard_prototypes is implemented at world size 1 without Partial FC "
+                               f"(world_size={self.world_size}, sample_rate={self.sample_rate})")
         self._hard_prototypes = k
 
     def extra_repr(self) -> str:
@@ -151,7 +178,7 @@ class Classifier(nn.Module):
             f"embedding_size={self.embedding_size}, classes=[{self.start}, {self.end}) of {self.num_classes}, "
             f"normalize={self.normalize}, bias={self.bias is not None}, sub_centers={self.sub_centers}, "
             f"rank={self.rank}, world_size={self.world_size}, class_margins={self.margin_init}, "
-            f"hard_prototypes={self.hard_prototypes}"
+            f"hard_prototypes={self.hard_prototypes}, sample_rate={self.sample_rate}"
         )
 
     def check_inputs(self, embeddings: Tensor, labels: Tensor) -> None:
@@ -179,7 +206,10 @@ class Classifier(nn.Module):
         with `classes` [U] (local class indices), only those columns: [B, U]."""
         weight = self.weight.to(x.dtype)
         if not self.normalize:
-            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            if classes is not None:  # Partial FC on raw logits (one centre per class)
+                weight, bias = weight[classes], None if bias is None else bias[classes]
+            return F.linear(x, weight, bias)
         num = self.num_local
         if classes is not None:
             weight, num = weight.view(num, self.sub_centers, -1)[classes].flatten(0, 1), len(classes)
@@ -205,10 +235,22 @@ class Classifier(nn.Module):
             local = local_labels(labels, self.start, self.end)  # [B]
             margins = None if self.class_margins is None else self.class_margins.to(dtype)  # [C_local]
             self.columns = self.mined_classes(labels) if self.training and self.hard_prototypes else None
+            if self.training and self.sample_rate < 1.0:
+                self.columns = self.sampled_classes(local)  # [U] local ids (class ids - start)
             if self.columns is None:
                 cos = self.cosines(x)  # [B, C_local]
-            else:  # world size 1: local ids are class ids; every label is among the columns
+            else:  # every local label is among the columns
                 cos = self.cosines(x, self.columns)  # [B, U]
-                local = torch.searchsorted(self.columns, local)  # [B] column of each label
+                inside = torch.searchsorted(self.columns, local.clamp(min=0))  # [B] column of each local label
+                local = torch.where(local >= 0, inside, local)
                 margins = None if margins is None else margins[self.columns]  # [U]
-            return Cosines(cos, local, target_cos(cos, local, self.world_size), x.norm(dim=1), margins)
+                self.columns = self.columns + self.start  # class ids of the columns
+            cos_y = target_cos(cos, local, self.world_size)
+            return Cosines(cos, local, cos_y, x.norm(dim=1), margins, self.world_size)
+
+    def sampled_classes(self, local: Tensor) -> Tensor:
+        """Partial FC: sorted local ids [U] of this step's positives plus random negatives (see partial_fc)."""
+        step = int(self.sample_step)
+        self.sample_step += 1
+        seed = 0 if self.seed is None else self.seed
+        return sample_columns(local, self.num_local, self.sample_rate, (seed, step, self.rank))

@@ -19,6 +19,8 @@ class Cosines(NamedTuple):
                 the first four fields with a default, so code that builds or reads the first four is
                 unchanged. A margin reads the target's margin at `labels` (rows with label -1 need none:
                 their target column lives on another rank).
+    world_size: how many ranks share the classes (1: this rank holds them all). A statistic a margin takes
+                over classes goes through `sum_over_classes`, so that the margin never knows about sharding.
     """
 
     cos: Tensor
@@ -26,3 +28,13 @@ class Cosines(NamedTuple):
     target_cos: Tensor
     norms: Tensor
     class_margins: Tensor | None = None
+    world_size: int = 1
+
+    def sum_over_classes(self, t: Tensor) -> Tensor:
+        """`t`, a sum over this rank's columns, summed over the columns of every rank (differentiable
+        all-reduce, facelab.distributed.ops); `t` itself at world size 1."""
+        if self.world_size == 1:
+            return t
+        from facelab.distributed.ops import all_reduce_sum  # lazy: heads stay importable without it
+
+        return all_reduce_sum(t)

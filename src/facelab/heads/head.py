@@ -31,11 +31,14 @@ class FaceHead(nn.Module):
 
     def forward_with_logits(self, embeddings: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The loss dict and the logits [B, C_local] that entered the cross-entropy (for accuracy logging)."""
-        if self.classifier.world_size != 1:
-            raise NotImplementedError("a sharded head needs the sharded cross-entropy of facelab.distributed")
+        if self.classifier.world_size != 1:  # gathered batch, sharded cross-entropy
+            from facelab.distributed.loss import sharded_forward
+
+            return sharded_forward(self, embeddings, labels)
         c = self.classifier(embeddings, labels)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            logits = self.margin(c).float()  # [B, C_local]
+            logits = self.margin(c)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [B, C_local], >= float32
             ce = F.cross_entropy(logits, c.labels)
             losses = {"loss": ce, "ce": ce}
             reg = self.margin.regularizer(c)
@@ -49,12 +52,18 @@ class FaceHead(nn.Module):
 
 
 def build_head(
-    margin: str, embedding_size: int, num_classes: int, sub_centers: int | None = None, **margin_kwargs: object
+    margin: str,
+    embedding_size: int,
+    num_classes: int,
+    sub_centers: int | None = None,
+    classifier_kwargs: dict | None = None,
+    **margin_kwargs: object,
 ) -> FaceHead:
     """A FaceHead with `build_margin(margin, **margin_kwargs)` and the classifier that margin needs
     (cosines without bias, or raw logits W·x + b for the plain `softmax`; per-class margins for AdaM),
     with `sub_centers` per class (None: the margin's default, 3 for `subcenter_arcface`, else 1).
-    A margin that takes `num_classes` (AdaCos) gets the classifier's (the keyword is this function's own)."""
+    A margin that takes `num_classes` (AdaCos) gets the classifier's (the keyword is this function's own).
+    `classifier_kwargs`: more Classifier arguments (rank, world_size, sample_rate, seed)."""
     if margin in MARGINS and "num_classes" in margin_parameters(margin):
         margin_kwargs["num_classes"] = num_classes
     m = build_margin(margin, **margin_kwargs)
@@ -65,5 +74,6 @@ def build_head(
         bias=not m.normalized,
         sub_centers=m.sub_centers if sub_centers is None else sub_centers,
         class_margins=m.class_margin_init,
+        **(classifier_kwargs or {}),
     )
     return FaceHead(classifier, m)

@@ -16,6 +16,8 @@ from facelab.data.loader import make_loader, to_device
 from facelab.data.pairsets import load_bin
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
+from facelab.distributed import env as dist_env
+from facelab.distributed.checkpoint import full_state, slice_state
 from facelab.errors import FacelabError
 from facelab.eval.embed import evaluate_pairsets
 from facelab.eval.report import plot_roc, without_curves, write_json_atomic
@@ -37,31 +39,45 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
 
 
 def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, device: torch.device) -> dict[str, dict]:
+    if task.parallel:  # every rank embeds its share of the images
+        from facelab.distributed.evaluate import evaluate_pairsets_sharded
+
+        kw = {"batch_size": 2 * cfg.data.batch_size, "preprocess": task.preprocess, "device": device}
+        return evaluate_pairsets_sharded(task.backbone, val_sets, **kw)
     return evaluate_pairsets(
         task.backbone, val_sets, batch_size=2 * cfg.data.batch_size, preprocess=task.preprocess, device=device
     )
 
 
-def _sampler(num_samples: int, cfg: Config) -> EpochBatchSampler | AdaptiveBatchSampler:
-    """Uniform epochs, or AdaptiveFace's Adaptive Data Sampling when data.adaptive_sampling.enabled."""
-    ads, bs = cfg.data.adaptive_sampling, cfg.data.batch_size
+def _sampler(num_samples: int, cfg: Config, env: dist_env.DistEnv) -> EpochBatchSampler | AdaptiveBatchSampler:
+    """Uniform epochs, or AdaptiveFace's Adaptive Data Sampling when data.adaptive_sampling.enabled;
+    each rank gets its share of every global batch."""
+    ads, bs, shard = cfg.data.adaptive_sampling, cfg.data.batch_size, {"rank": env.rank, "world_size": env.world_size}
     try:
         if ads.enabled:
             bounds = ads.min_weight, ads.max_weight
-            return AdaptiveBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip, ads.up, ads.down, *bounds)
-        return EpochBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip)
+            return AdaptiveBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip, ads.up, ads.down, *bounds, **shard)
+        return EpochBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip, **shard)
     except ValueError as e:
         raise FacelabError(f"config data.batch_size: {e}") from None
 
 
 def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: Config, num_classes: int,
-                sampler) -> None:
+                sampler, env: dist_env.DistEnv) -> None:
+    head, opt = full_state(task.head, optimizer)  # the whole classifier, gathered from every rank
+    if env.main:
+        _save(run, task, head, opt, scheduler, scaler, step, cfg, num_classes, sampler)
+    dist_env.barrier(env)
+
+
+def _save(run: Path, task, head: dict, opt: dict, scheduler, scaler, step: int, cfg: Config, num_classes: int,
+          sampler) -> None:
     save_checkpoint(
         run / CHECKPOINT_NAME,
         {
             "model": task.backbone.state_dict(),
-            "head": task.head.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "head": head,
+            "optimizer": opt,
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
@@ -91,16 +107,19 @@ def _check_finite(pending: list[torch.Tensor], step: int) -> None:
         raise FacelabError(f"step {bad_step}: loss is {losses[first].item()} (lower optim.lr or enable clipping)")
 
 
-def _prepare_run(cfg: Config, resume: bool) -> Path:
+def _prepare_run(cfg: Config, resume: bool, env: dist_env.DistEnv) -> Path:
     run = Path(cfg.output)
     if (run / CHECKPOINT_NAME).exists() and not resume:
         raise FacelabError(f"{run}: holds a run already; pass --resume to continue it, or choose another output")
     if resume and not (run / CHECKPOINT_NAME).exists():
         raise FacelabError(f"{run}: nothing to resume (no {CHECKPOINT_NAME})")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "metrics.json").unlink(missing_ok=True)  # a finished run's summary is rewritten at its end only
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    write_atomic(run / "config.yaml", lambda tmp: tmp.write_text(text))
+    dist_env.barrier(env)  # every rank has checked before rank 0 writes
+    if env.main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.json").unlink(missing_ok=True)  # a finished run's summary is rewritten at its end only
+        text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        write_atomic(run / "config.yaml", lambda tmp: tmp.write_text(text))
+    dist_env.barrier(env)
     return run
 
 
@@ -110,8 +129,16 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     stop_at: leave after this step with a checkpoint, as a pre-empted job would (continue with resume=True);
     such a partial run writes no metrics.json.
     """
-    run = _prepare_run(cfg, resume)
-    device = torch.device(cfg.train.device)
+    env = dist_env.setup(cfg.train.device)  # one process, or one of torchrun's (see facelab.distributed)
+    try:
+        return _train(cfg, resume, stop_at, env)
+    finally:
+        dist_env.teardown(env)
+
+
+def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv) -> dict:
+    run = _prepare_run(cfg, resume, env)
+    device = env.device
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
@@ -119,20 +146,22 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     dataset = open_training_set(cfg.data.train, preload=cfg.data.preload)
     val_sets = {Path(p).stem: load_bin(p) for p in cfg.data.val_pairs}
     preprocess = {**PREPROCESS_DEFAULT, "size": int(dataset[0][0].shape[-1])}
-    task = FaceTask(cfg, dataset.num_classes, preprocess).to(device)
+    task = FaceTask(cfg, dataset.num_classes, preprocess, shard=(env.rank, env.world_size)).to(device)
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
+    task.parallel = dist_env.wrap_backbone(task.backbone, env)
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    sampler = _sampler(len(dataset), cfg)
+    sampler = _sampler(len(dataset), cfg, env)
 
     step = 0
     if resume:
         ckpt = load_checkpoint(run)
         task.backbone.load_state_dict(ckpt["model"])
-        task.head.load_state_dict(ckpt["head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        head, opt = slice_state(task.head, optimizer, ckpt["head"], ckpt["optimizer"])  # this rank's classes
+        task.head.load_state_dict(head)
+        optimizer.load_state_dict(opt)
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -140,9 +169,11 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
             sampler.load_state_dict(ckpt["sampler"])
         step = ckpt["step"]
         log.info("resumed %s at step %d", run, step)
-    logger = RunLogger(run, cfg.train.tensorboard, resume_step=step if resume else None)
+    resume_step = step if resume else None
+    logger = RunLogger(run, cfg.train.tensorboard, resume_step) if env.main else dist_env.NullLogger()
     per_epoch = len(dataset) // cfg.data.batch_size
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not cfg.train.progress or None, desc=cfg.name)
+    quiet = not (cfg.train.progress and env.main) or None
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=quiet, desc=cfg.name)
     train_seconds, train_images = 0.0, 0
 
     end = min(cfg.train.steps, stop_at) if stop_at else cfg.train.steps
@@ -164,12 +195,12 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
             scaler.scale(losses["loss"]).backward()
             if cfg.train.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.train.clip_grad_norm)
+                dist_env.clip_grad_norm(task.parameters(), cfg.train.clip_grad_norm, task.head.classifier)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             step += 1
-            train_images += len(labels)
+            train_images += len(labels) * env.world_size
             bar.update(1)
 
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -181,11 +212,13 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
             train_seconds += time.perf_counter() - tick
             if val_sets and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 _check_finite(pending, step)
+                started = time.perf_counter()
                 results = _evaluate(task, val_sets, cfg, device)
-                logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
+                values = {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()}
+                logger.log(step, {**values, "val/seconds": time.perf_counter() - started})
             if step % cfg.train.checkpoint_every == 0 or step == end:
                 _check_finite(pending, step)
-                _checkpoint(run, task, optimizer, scheduler, scaler, step, cfg, dataset.num_classes, sampler)
+                _checkpoint(run, task, optimizer, scheduler, scaler, step, cfg, dataset.num_classes, sampler, env)
             if step >= end:
                 break
             tick = time.perf_counter()
@@ -197,7 +230,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     results = _evaluate(task, val_sets, cfg, device) if val_sets else {}
     if results:
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
-        plot_roc(results, run / "roc.png")
+        if env.main:
+            plot_roc(results, run / "roc.png")
     logger.close()
     summary = {
         "pairs": without_curves(results),
@@ -208,6 +242,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
             "num_images": len(dataset),
         },
     }
-    write_json_atomic(run / "metrics.json", summary)
+    if env.main:
+        write_json_atomic(run / "metrics.json", summary)
     return summary
 

@@ -28,10 +28,16 @@ from facelab.train.checkpoint import load_checkpoint
 class FaceTask(nn.Module):
     """images uint8 [B, 3, H, W] + labels [B] -> {"loss": total, "ce": ..., ...}."""
 
-    def __init__(self, cfg: Config, num_classes: int, preprocess: dict) -> None:
+    def __init__(self, cfg: Config, num_classes: int, preprocess: dict, shard: tuple[int, int] = (0, 1)) -> None:
+        """shard: (rank, world_size) of a multi-process run; the classifier holds that rank's classes."""
         super().__init__()
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
+        if shard[1] > 1 and cfg.model.groupface.groups:
+            raise FacelabError("config model.groupface: GroupFace's self-distributed labels use one process's batch "
+                               "mean; not implemented for more than one process")
+        if shard[1] > 1 and cfg.train.amp == "fp16":  # each rank's scaler would skip steps on its own shard's inf
+            raise FacelabError("config train.amp: 'fp16' is not implemented for more than one process; use bf16")
         reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
         if reserved:
             raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
@@ -40,14 +46,17 @@ class FaceTask(nn.Module):
             cfg.model.embedding_size,
             num_classes,
             sub_centers=cfg.head.sub_centers,
+            classifier_kwargs={"rank": shard[0], "world_size": shard[1], "sample_rate": cfg.head.sample_rate,
+                               "seed": cfg.seed},
             **cfg.head.kwargs,
         )
         self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
         self.objectives = nn.ModuleDict()  # extra loss terms on the embeddings (see the module docstring)
+        self.parallel: tuple[nn.Module, ...] = ()  # (DDP-wrapped backbone,) in a multi-process run; not a submodule
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
-        embeddings = self.backbone(to_input(images, self.preprocess))  # [B, d]
+        embeddings = (self.parallel or (self.backbone,))[0](to_input(images, self.preprocess))  # [B, d]
         losses, logits = self.head.forward_with_logits(embeddings, labels)
         self.correct = self._correct(logits, labels)
         for module in self.backbone.modules():
@@ -59,7 +68,11 @@ class FaceTask(nn.Module):
     @torch.no_grad()
     def _correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[B] bool: the highest training logit is the label's (the sample meets its margin)."""
-        columns = self.head.classifier.columns  # class id of each column under hard prototype mining
+        columns = self.head.classifier.columns  # class id of each column (hard prototypes, Partial FC)
+        if self.head.classifier.world_size != 1:  # [N·b] of the gathered batch
+            from facelab.distributed.loss import sharded_correct
+
+            return sharded_correct(logits, self.head.batch_labels, self.head.classifier.start, columns)
         pred = logits.argmax(dim=1)  # [B]
         return (pred + self.head.classifier.start if columns is None else columns[pred]) == labels
 

@@ -27,8 +27,8 @@ class AdaCos(Margin):
         B_avg = mean_i Σ_{k≠y_i} exp(s·cos θ_ik)    (as log-sum-exp, no overflow)
         θ_med = median_i θ_{i,y_i}                  (target angles only; torch.median: the lower middle value)
         s ← ln(B_avg) / cos(min(π/4, θ_med))
-    s is the buffer `scale`, saved in the state dict; eval mode uses it unchanged. B_avg sums over this
-    rank's columns: exact at world size 1, a class-sharded run would have to all-reduce that sum.
+    s is the buffer `scale`, saved in the state dict; eval mode uses it unchanged. B_avg sums over the
+    columns of every rank (`Cosines.sum_over_classes`); under Partial FC over the sampled ones only.
     """
 
     name = "adacos"
@@ -54,10 +54,13 @@ class AdaCos(Margin):
         cos = c.cos.detach()  # [B, C]
         cols = torch.arange(cos.shape[1], device=cos.device)
         others = c.labels[:, None] != cols[None, :]  # [B, C], k != y_i
-        if not others.any():
-            return self.scale.to(cos.dtype)
-        logits = torch.where(others, self.scale.to(cos.dtype) * cos, torch.full_like(cos, -math.inf))
-        log_b_avg = torch.logsumexp(logits.flatten(), dim=0) - math.log(cos.shape[0])
+        # Σ_i Σ_{k≠y_i} exp(s·cos θ_ik), shifted by s (cos <= 1: no overflow), summed over every rank's classes
+        scale = self.scale.to(cos.dtype)
+        shifted = torch.where(others, torch.exp(scale * (cos - 1.0)), torch.zeros_like(cos)).sum()
+        total = c.sum_over_classes(shifted)
+        if total <= 0:
+            return scale
+        log_b_avg = scale + torch.log(total) - math.log(cos.shape[0])
         theta_med = safe_acos(c.target_cos.detach()).median()
         return log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4))
 

@@ -1,5 +1,6 @@
 """AdaM-Softmax (Liu et al. 2019, "AdaptiveFace: adaptive margin and sampling for face recognition", L_ad + L_m)."""
 
+import torch
 from torch import Tensor
 
 from facelab.heads.cosines import Cosines
@@ -15,7 +16,8 @@ class AdaMSoftmax(Margin):
     centres, init U(0.3, 0.4), 1-D so without weight decay) and arrive as `Cosines.class_margins` [C_local];
     `build_head` asks the classifier for them through `class_margin_init`. Both the target and the
     regulariser use them clamped to [0, 1] (a margin outside gets no gradient from either term). The mean
-    runs over the local classes: all classes at world size 1. Hard Prototype Mining and Adaptive Data
+    runs over the classes of this step's softmax on every rank (`Cosines.sum_over_classes`): all classes,
+    unless Partial FC samples them. Hard Prototype Mining and Adaptive Data
     Sampling (the paper's other two parts) are not implemented.
     """
 
@@ -40,4 +42,7 @@ class AdaMSoftmax(Margin):
         return self.s * replace_target(c.cos, c.labels, c.target_cos - m_y)  # [B, C]
 
     def regularizer(self, c: Cosines) -> Tensor:
-        return self.lam * (1.0 - self.margins(c).mean())
+        m = self.margins(c)  # [C_local]
+        total = c.sum_over_classes(m.sum())
+        count = c.sum_over_classes(torch.tensor(float(m.numel()), dtype=m.dtype, device=m.device))
+        return self.lam * (1.0 - total / count)

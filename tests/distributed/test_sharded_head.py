@@ -1,0 +1,130 @@
+"""Class-sharded head on 2 gloo processes equals the single-process head, for every margin (float64):
+loss, margin state, and the gradients of a backbone (averaged over ranks as DDP does), of the centres,
+biases and per-class margins (each rank's slice of the single-process gradient)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from facelab.distributed.spawn import spawn
+from facelab.heads import build_head
+from facelab.heads.margins import MARGINS
+
+pytestmark = pytest.mark.distributed
+B, P, D, C = 8, 5, 6, 7  # global batch, backbone input, embedding size, classes (shards of 4 and 3)
+
+
+def batch():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, P, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 6, 3, 4, 4, 1, 5, 0])  # targets on both shards, rows of both ranks
+    return x, labels
+
+
+def backbone():
+    torch.manual_seed(1)
+    lin = nn.Linear(P, D).double()
+    with torch.no_grad():
+        lin.weight.mul_(20.0)  # feature norms in MagFace's [l_a, u_a] = [10, 110], so g(a) has a gradient
+    return lin
+
+
+def heads(margin, rank, size):
+    torch.manual_seed(2)
+    full = build_head(margin, D, C).double()
+    shard = build_head(margin, D, C, classifier_kwargs={"rank": rank, "world_size": size}).double()
+    clf, k = shard.classifier, shard.classifier.sub_centers
+    rows = {"weight": slice(clf.start * k, clf.end * k), "bias": slice(clf.start, clf.end),
+            "class_margins": slice(clf.start, clf.end)}
+    with torch.no_grad():
+        for name, sl in rows.items():
+            if getattr(clf, name) is not None:
+                getattr(clf, name).copy_(getattr(full.classifier, name)[sl])
+    return full, shard, rows
+
+
+def run(head, net, x, labels, steps=2):
+    """Two forward/backward passes (stateful margins update in between); returns the last losses."""
+    for step in range(steps):
+        head.zero_grad(), net.zero_grad()
+        torch.manual_seed(10 + step)  # ElasticFace draws its margins from the global RNG
+        losses = head(net(x), labels)
+        losses["loss"].backward()
+    return {k: v.item() for k, v in losses.items()}
+
+
+def compare(rank, size, out):
+    errors = {}
+    x, labels = batch()
+    mine = slice(rank * B // size, (rank + 1) * B // size)
+    for margin in sorted(MARGINS):  # one process group for all: spawning is the slow part
+        full, shard, rows = heads(margin, rank, size)
+        net_full, net = backbone(), backbone()
+        ref = run(full, net_full, x, labels)
+        got = run(shard, net, x[mine], labels[mine])
+        err = {"loss": max(abs(ref[k] - got[k]) for k in ref), "keys": sorted(ref) == sorted(got)}
+        for p in net.parameters():  # DDP: the mean over ranks
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= size
+        pairs = zip(net.parameters(), net_full.parameters(), strict=True)
+        err["backbone"] = max((a.grad - b.grad).abs().max().item() for a, b in pairs)
+        for name, sl in rows.items():
+            p = getattr(shard.classifier, name)
+            if p is not None:
+                err[name] = (p.grad - getattr(full.classifier, name).grad[sl]).abs().max().item()
+        buffers = zip(shard.margin.state_dict().values(), full.margin.state_dict().values(), strict=True)
+        state = [(a - b).abs().max().item() for a, b in buffers]
+        err["margin_state"] = max(state, default=0.0)
+        errors[margin] = err
+    errors["partial_fc"] = partial_fc_error(rank, size)
+    gathered = [None] * size
+    torch.distributed.all_gather_object(gathered, errors)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(gathered, f)
+
+
+def partial_fc_error(rank, size):
+    """Sharded Partial FC (sample_rate 0.25 of 40 classes): |loss - one-process cross-entropy over the union
+    of every rank's sampled columns|, and whether every label is among them."""
+    torch.manual_seed(2)
+    full = build_head("arcface", D, 40, s=16.0).double()
+    kw = {"rank": rank, "world_size": size, "sample_rate": 0.25, "seed": 0}
+    shard = build_head("arcface", D, 40, s=16.0, classifier_kwargs=kw).double()
+    clf = shard.classifier
+    shard.classifier.weight.data.copy_(full.classifier.weight[clf.start : clf.end])
+    g = torch.Generator().manual_seed(4)
+    x, labels = torch.randn(B, D, generator=g, dtype=torch.float64), torch.randint(0, 40, (B,), generator=g)
+    mine = slice(rank * B // size, (rank + 1) * B // size)
+    loss = shard(x[mine], labels[mine])["loss"].item()
+    parts = [None] * size
+    torch.distributed.all_gather_object(parts, clf.columns.tolist())
+    union = torch.tensor(sum(parts, []))  # sorted: rank ranges are in class order
+    ref = full.margin(full.classifier(x, labels))[:, union]  # [B, U]
+    ce = torch.nn.functional.cross_entropy(ref, torch.searchsorted(union, labels)).item()
+    return {"loss": abs(loss - ce), "labels_kept": float(not set(labels.tolist()) <= set(union.tolist())),
+            "columns": abs(len(union) - 10)}
+
+
+@pytest.fixture(scope="module")
+def errors(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded") / "errors.json"
+    spawn(compare, 2, str(out))
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("margin", sorted(MARGINS))
+def test_sharded_head_equals_single_process(errors, margin):
+    for rank, per_margin in enumerate(errors):
+        err = per_margin[margin]
+        assert err.pop("keys"), f"rank {rank}: the loss dicts differ in keys"
+        assert "backbone" in err and "weight" in err
+        for what, value in err.items():
+            assert value < 1e-9, f"rank {rank} {margin}: {what} differs by {value:.3g}"
+
+
+def test_sharded_partial_fc_is_the_softmax_over_the_sampled_columns(errors):
+    for per_margin in errors:
+        assert per_margin["partial_fc"] == {"loss": pytest.approx(0.0, abs=1e-9), "labels_kept": 0.0, "columns": 0}

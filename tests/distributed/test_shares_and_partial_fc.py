@@ -1,0 +1,115 @@
+"""Per-rank sampler shares; Partial FC column sampling; seeded centre init; GlobalBatchNorm (single process
+parts: the functions are the identity or local at world size 1)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facelab.config import config_from_dict
+from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
+from facelab.distributed.batchnorm import GlobalBatchNorm, convert_batchnorm
+from facelab.distributed.partial_fc import sample_columns, seeded_normal, seeded_uniform
+from facelab.errors import FacelabError
+from facelab.heads import Classifier, build_head
+from facelab.train.task import FaceTask
+
+PREPROCESS = {"template": "arcface112", "size": 112, "colour": "RGB", "mean": 0.5, "std": 0.5}
+
+
+@pytest.mark.parametrize("cls", [EpochBatchSampler, AdaptiveBatchSampler])
+def test_rank_shares_make_up_the_single_process_batch(cls):
+    one = cls(50, 8, seed=3)
+    ranks = [cls(50, 8, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in (one, *ranks):
+        s.set_position(1, 2)  # mid-epoch resume position
+    batches = list(one)
+    shares = [list(s) for s in ranks]
+    assert len(batches) == len(shares[0]) == 6 - 2
+    for b, (a, c) in enumerate(zip(*shares, strict=True)):
+        assert len(a) == len(c) == 4 and a + c == batches[b]
+    with pytest.raises(ValueError, match="does not split"):
+        cls(50, 9, seed=3, rank=0, world_size=2)
+
+
+def test_adaptive_feedback_of_the_gathered_batch_keeps_ranks_in_step():
+    one = AdaptiveBatchSampler(40, 8, seed=1)
+    ranks = [AdaptiveBatchSampler(40, 8, seed=1, rank=r, world_size=2) for r in range(2)]
+    correct = np.array([True, False] * 4)
+    for s in (one, *ranks):
+        s.feedback(0, correct)  # every rank gets the whole (gathered) batch's feedback
+        s.set_position(1, 0)
+    assert list(ranks[0])[0] + list(ranks[1])[0] == list(one)[0]
+
+
+def test_sample_columns_keeps_positives_and_the_rate():
+    local = torch.tensor([3, -1, 7, 3, 0])
+    cols = sample_columns(local, 100, 0.1, (0, 5, 1))
+    assert len(cols) == 10 and torch.equal(cols, cols.sort().values) and len(cols.unique()) == 10
+    assert {0, 3, 7} <= set(cols.tolist())
+    assert torch.equal(cols, sample_columns(local, 100, 0.1, (0, 5, 1)))  # same key: same sample (resume)
+    assert not torch.equal(cols, sample_columns(local, 100, 0.1, (0, 6, 1)))  # next step: another one
+    many = sample_columns(torch.arange(30), 100, 0.1, (0, 0, 0))
+    assert torch.equal(many, torch.arange(30))  # more positives than the rate: all positives, no negative
+
+
+@pytest.mark.parametrize(("margin", "kwargs"), [("arcface", {"s": 16.0}), ("softmax", {})])
+def test_partial_fc_logits_are_the_full_logits_of_the_sampled_columns(margin, kwargs):
+    torch.manual_seed(0)
+    full = build_head(margin, 6, 40, **kwargs).double()
+    part = build_head(margin, 6, 40, classifier_kwargs={"sample_rate": 0.25, "seed": 0}, **kwargs).double()
+    part.load_state_dict(full.state_dict(), strict=False)  # same centres (and biases); sample_step stays
+    x, labels = torch.randn(5, 6, dtype=torch.float64), torch.tensor([1, 30, 30, 7, 12])
+    losses, logits = part.forward_with_logits(x, labels)
+    cols = part.classifier.columns
+    assert len(cols) == 10 and set(labels.tolist()) <= set(cols.tolist())
+    ref = full.margin(full.classifier(x, labels))[:, cols]  # [B, U] the same columns of the full head
+    torch.testing.assert_close(logits, ref)
+    target = torch.searchsorted(cols, labels)
+    torch.testing.assert_close(losses["ce"], F.cross_entropy(ref, target))
+    assert int(part.classifier.sample_step) == 1
+    part.eval()
+    assert part.forward_with_logits(x, labels)[1].shape == (5, 40)  # eval: every class
+
+
+def test_seeded_init_is_the_same_whatever_the_shards():
+    whole = seeded_normal(7, 0, 3000, 2, 4, 0.01)  # 3 init blocks, 2 sub-centres
+    assert whole.shape == (6000, 4) and abs(whole.std().item() - 0.01) < 1e-3
+    torch.testing.assert_close(torch.cat([seeded_normal(7, 0, 1500, 2, 4, 0.01),
+                                          seeded_normal(7, 1500, 3000, 2, 4, 0.01)]), whole)
+    u = seeded_uniform(7, 0, 3000, 0.3, 0.4)
+    parts = [seeded_uniform(7, 0, 1001, 0.3, 0.4), seeded_uniform(7, 1001, 3000, 0.3, 0.4)]
+    torch.testing.assert_close(torch.cat(parts), u)
+    shards = [Classifier(4, 9, rank=r, world_size=2, seed=1).weight for r in range(2)]
+    torch.testing.assert_close(torch.cat(shards), Classifier(4, 9, seed=1).weight)
+
+
+def test_bad_sample_rate():
+    with pytest.raises(FacelabError, match="sample_rate"):
+        Classifier(4, 9, sample_rate=0.0)
+    with pytest.raises(FacelabError, match="world size 1"):
+        Classifier(4, 9, sample_rate=0.5, hard_prototypes=2)
+
+
+def test_global_batchnorm_is_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.3)).double()
+    net = convert_batchnorm(copy.deepcopy(ref))
+    assert isinstance(net[1], GlobalBatchNorm)
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    for _ in range(2):
+        torch.testing.assert_close(net(x), ref(x))
+    torch.testing.assert_close(net.state_dict(), ref.state_dict())  # running mean / unbiased var / count
+    net.eval(), ref.eval()
+    torch.testing.assert_close(net(x), ref(x))
+
+
+@pytest.mark.parametrize(("section", "value", "match"), [("model", {"groupface": {"groups": 2}}, "groupface"),
+                                                         ("train", {"amp": "fp16"}, "fp16")])
+def test_unsupported_multi_process_settings_are_refused(section, value, match):
+    cfg = config_from_dict({"model": {"backbone": "tiny", "embedding_size": 16}, section: value})
+    with pytest.raises(FacelabError, match=match):
+        FaceTask(cfg, 6, PREPROCESS, shard=(0, 2))
+    FaceTask(cfg, 6, PREPROCESS)  # one process: fine
