@@ -105,7 +105,7 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
 
 
 def _recipe(name: str) -> Path:
-    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`)."""
+    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`, `heads/arcface`)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
