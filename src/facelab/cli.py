@@ -13,7 +13,8 @@ log = logging.getLogger("facelab")
 def _cmd_synth(a: argparse.Namespace) -> int:
     from facelab.data.synthetic import run_synth
 
-    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers)
+    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers,
+                        label_noise=a.label_noise)
     log.info("synthetic data in %s: %s", a.out, summary)
     return 0
 
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--pairs", type=int, default=3000, help="pairs per verification set (0: none)")
     s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                   help="file this fraction of the training photos under a wrong identity (truth: label_noise.csv)")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("align", help="5-point similarity alignment of a folder of photos")
