@@ -101,6 +101,20 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean(a: argparse.Namespace) -> int:
+    from facelab.clean import clean_folder
+
+    report = clean_folder(a.run, a.data, a.out, angle=a.angle, truth=a.truth, batch_size=a.batch_size)
+    counts = report["counts"]
+    print(f"kept {counts['kept']} of {counts['images']} images, dropped {counts['dropped']} "
+          f"(angle > {a.angle:g} deg to the dominant sub-centre); report in {a.out}/clean.json")
+    if report["truth"]:
+        t = report["truth"]
+        print(f"against {t['file']}: {t['dropped_noisy']} of {t['dropped']} dropped were noisy, "
+              f"{t['dropped_noisy']} of {t['noisy']} noisy found (precision {t['precision']}, recall {t['recall']})")
+    return 0
+
+
 def _cmd_experiment(a: argparse.Namespace) -> int:
     return a.experiment_module.run(a) or 0
 
@@ -191,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=10, help="candidates per probe")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/search)")
     s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("clean", help="drop images far from their class's dominant sub-centre (Sub-center ArcFace)")
+    s.add_argument("run", help="a Sub-center ArcFace run folder or checkpoint (K >= 2)")
+    s.add_argument("--data", type=Path, required=True, help="the aligned folder the run trained on")
+    s.add_argument("--out", type=Path, required=True, help="cleaned folder (links to kept images) + clean.json")
+    s.add_argument("--angle", type=float, default=75.0, help="drop above this angle (degrees) to the dominant")
+    s.add_argument("--truth", type=Path, default=None,
+                   help="label_noise.csv to score the dropped set (default: DATA/../label_noise.csv if present)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.set_defaults(func=_cmd_clean)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")
