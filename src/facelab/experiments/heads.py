@@ -37,8 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def recipes(only: list[str] | None = None) -> dict[str, Path]:
-    """{name: path} of the shipped head recipes (all, or those named in `only`)."""
-    found = {p.stem: p for p in sorted(RECIPES.glob("*.yaml"))}
+    """{name: path} of the shipped head recipes (all, or those named in `only`): the MARGINS heads in registry
+    (publication) order, then the variants (groupface, AdaptiveFace options) by name."""
+    from facelab.heads import MARGINS
+
+    files = {p.stem: p for p in RECIPES.glob("*.yaml")}
+    found = {n: files[n] for n in [*(m for m in MARGINS if m in files), *sorted(set(files) - set(MARGINS))]}
     unknown = sorted(set(only or ()) - set(found))
     if unknown:
         raise FacelabError(f"experiment heads: unknown recipe {unknown[0]!r}; valid: {', '.join(found)}")
