@@ -77,3 +77,10 @@ def test_choice_is_deterministic_and_another_fraction_regenerates(tmp_path):
 def test_bad_fraction_is_refused(tmp_path, p):
     with pytest.raises(FacelabError, match="label_noise"):
         run_synth(tmp_path, 3, 2, 0, pairs=0, label_noise=p)
+
+
+def test_cli_flag_reaches_the_generator(tmp_path, capsys):
+    from facelab.cli import main
+
+    assert main(["synth", str(tmp_path / "x"), "--identities", "3", "--pairs", "0", "--label-noise", "1.5"]) == 2
+    assert "label_noise" in capsys.readouterr().err
