@@ -64,19 +64,29 @@ def _run(args: argparse.Namespace, quick: bool) -> int:
     common = [f"data.train={aligned}", f"data.val_pairs={pair_files}", f"train.steps={args.steps}",
               f"data.batch_size={args.batch_size}", "train.checkpoint_every=100000", "train.progress=false",
               "train.tensorboard=false", f"schedule.warmup_steps={max(1, args.steps // 12)}"]
-    results, seconds = {}, {}
+    results = {}
     for name, path in recipes(args.only).items():
         t0 = time.perf_counter()
         results.update(run_grid(path, {name: []}, args.seeds, args.out, common=common))
-        seconds[name] = time.perf_counter() - t0
-        log.info("experiment heads: %s done in %.0f s", name, seconds[name])
-    extra = {n: {"wall (s)": f"{s:.0f}"} for n, s in seconds.items()}
+        log.info("experiment heads: %s done in %.0f s", name, time.perf_counter() - t0)
+    speed = {n: [m["train"].get("images_per_second", 0.0) for m in runs.values()] for n, runs in results.items()}
+    extra = {n: {"train img/s": f"{sum(v) / len(v):.0f}"} for n, v in speed.items()}
     command = "facelab experiment heads " + " ".join(shlex.quote(a) for a in _flags(args, quick))
     intro = (f"Every recipe in `src/facelab/configs/heads/` trained with the same budget: {args.steps} steps, "
              f"batch {args.batch_size}, seed(s) {', '.join(map(str, args.seeds))}, on a synthetic set of "
              f"{args.identities} identities x {args.images_per_identity} photos; accuracy (%) of 10-fold "
              f"verification on {args.pairs} pairs per set.")
-    notes = (f"Total wall time {time.perf_counter() - start:.0f} s (a run reused from an earlier call counts ~0 s).")
+    missing = [n for n in recipes() if n not in results]
+    notes = (f"Wall time of this call {time.perf_counter() - start:.0f} s (finished runs are reused, not retrained); "
+             "`train img/s` is each run's training speed, machine load included. Heads whose METHODS.md scale is "
+             "64 use s=32 here, as demo.yaml does for the tiny 128-d model. "
+             f"Seeds: {len(args.seeds)}")
+    if len(args.seeds) == 1:
+        notes += "; with one seed no spread is measured, so small differences are not evidence of a better head."
+    if missing:
+        notes += (f"\n\nNot in this table ({len(missing)} of {len(missing) + len(results)} recipes): "
+                  f"{', '.join(missing)}. The same command without `--only` trains them with the same budget "
+                  "and reuses the finished runs.")
     write_report(args.doc, "Margin heads on synthetic faces", command, intro,
                  markdown_table(summarise(results), extra=extra), notes)
     log.info("experiment heads: table in %s", args.doc)
