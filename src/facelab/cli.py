@@ -14,7 +14,8 @@ log = logging.getLogger("facelab")
 def _cmd_synth(a: argparse.Namespace) -> int:
     from facelab.data.synthetic import run_synth
 
-    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers)
+    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers,
+                        label_noise=a.label_noise)
     log.info("synthetic data in %s: %s", a.out, summary)
     return 0
 
@@ -104,12 +105,26 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean(a: argparse.Namespace) -> int:
+    from facelab.clean import clean_folder
+
+    report = clean_folder(a.run, a.data, a.out, angle=a.angle, truth=a.truth, batch_size=a.batch_size)
+    counts = report["counts"]
+    print(f"kept {counts['kept']} of {counts['images']} images, dropped {counts['dropped']} "
+          f"(angle > {a.angle:g} deg to the dominant sub-centre); report in {a.out}/clean.json")
+    if report["truth"]:
+        t = report["truth"]
+        print(f"against {t['file']}: {t['dropped_noisy']} of {t['dropped']} dropped were noisy, "
+              f"{t['dropped_noisy']} of {t['noisy']} noisy found (precision {t['precision']}, recall {t['recall']})")
+    return 0
+
+
 def _cmd_experiment(a: argparse.Namespace) -> int:
     return a.experiment_module.run(a) or 0
 
 
 def _recipe(name: str) -> Path:
-    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`)."""
+    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`, `heads/arcface`)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
@@ -138,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--pairs", type=int, default=3000, help="pairs per verification set (0: none)")
     s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                   help="file this fraction of the training photos under a wrong identity (truth: label_noise.csv)")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("align", help="5-point similarity alignment of a folder of photos")
@@ -195,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/search)")
     _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("clean", help="drop images far from their class's dominant sub-centre (Sub-center ArcFace)")
+    s.add_argument("run", help="a Sub-center ArcFace run folder or checkpoint (K >= 2)")
+    s.add_argument("--data", type=Path, required=True, help="the aligned folder the run trained on")
+    s.add_argument("--out", type=Path, required=True, help="cleaned folder (links to kept images) + clean.json")
+    s.add_argument("--angle", type=float, default=75.0, help="drop above this angle (degrees) to the dominant")
+    s.add_argument("--truth", type=Path, default=None,
+                   help="label_noise.csv to score the dropped set (default: DATA/../label_noise.csv if present)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.set_defaults(func=_cmd_clean)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")

@@ -7,6 +7,7 @@ geometry.py   2.5-D head of quadrics, rotated and ray-cast orthographically; the
 photo.py      render: identity x nuisance -> RGB photo + landmarks
 dataset.py    run_synth: photos, landmarks.csv, attributes.csv, synth.json
 pairs.py      aligned verification sets synth-lfw / synth-cfp / synth-lowres (.bin + .csv)
+noise.py      --label-noise: a seeded fraction of training photos filed under a wrong identity (label_noise.csv)
 
 Calibration (seed 0, 400 training identities x 20 photos, 3000 pairs per set; identity.SPREAD = 1.0,
 identity.TEXTURE = 1.5; mixed yaw sd 18 deg, occlusion 5%; lowres face width 5-9 px), 10-fold accuracy:

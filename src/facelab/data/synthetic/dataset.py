@@ -6,6 +6,7 @@ Layout of OUT:
   attributes.csv              image, identity and every nuisance value of the photo
   pairs/<name>.bin, .csv      aligned 112x112 verification sets from identities >= 10_000_000 (pairs.py)
   synth.json                  parameters and counts, written last: its presence marks a complete output
+  label_noise.csv             only with label_noise > 0: the relabelled training photos (noise.py)
 A run that finds a complete synth.json with the same parameters returns it without work; an output left
 incomplete (marker `.synth-partial`, no synth.json) or made with other parameters is regenerated.
 """
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 
 from facelab.data.synthetic.identity import make_identity
+from facelab.data.synthetic.noise import NOISE_CSV, add_label_noise, check_label_noise
 from facelab.data.synthetic.nuisance import FRAME, nuisance_row, sample_nuisance
 from facelab.data.synthetic.photo import render
 from facelab.errors import FacelabError
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 VERSION = 2  # bump when the generator's output changes: a complete output of another version is regenerated
 MANIFEST = "synth.json"
 PARTIAL = ".synth-partial"
-OWNED = ("images", "pairs", "landmarks.csv", "attributes.csv", MANIFEST)
+OWNED = ("images", "pairs", "landmarks.csv", "attributes.csv", MANIFEST, NOISE_CSV)
 FIRST_VERIFICATION_ID = 10_000_000  # training identities are 0..N-1 < this; verification ones start here
 LANDMARK_HEADER = ["image", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"]
 
@@ -168,14 +170,17 @@ def _workers(workers: int | None) -> int:
 
 
 def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, pairs: int = 3000,
-              workers: int | None = None) -> dict:
+              workers: int | None = None, label_noise: float = 0.0) -> dict:
     """Generate (or reuse) the synthetic dataset described in the module docstring; returns the manifest."""
     from facelab.data.synthetic.pairs import PAIR_SETS, write_pairsets  # here: pairs.py imports this module
 
     _check(identities, images_per_identity, seed, pairs, workers)
+    label_noise = check_label_noise(label_noise, identities)
     out = Path(out)
     params = {"version": VERSION, "identities": int(identities), "images_per_identity": int(images_per_identity),
               "seed": int(seed), "pairs": int(pairs), "frame": FRAME}
+    if label_noise:  # absent at 0, so that a noise-free set keeps its earlier manifest
+        params["label_noise"] = label_noise
     old = _prepare(out, params)
     if old is not None:
         log.info("%s: complete synthetic dataset with these parameters found, reusing it", out)
@@ -194,12 +199,14 @@ def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, p
         if (k + 1) % max(1, len(jobs) // 10) == 0:
             log.info("synth: %d/%d identities", min((k + 1) * per_job, identities), identities)
     t_images = time.perf_counter() - start
+    noisy = add_label_noise(out, lms, attrs, label_noise, seed, identities) if label_noise else 0
     pair_counts = write_pairsets(out / "pairs", int(seed), int(pairs), nw) if pairs else {}
     _write_csv(out / "landmarks.csv", LANDMARK_HEADER, lms)
     columns = list(attrs[0])
     _write_csv(out / "attributes.csv", columns, ([a[c] for c in columns] for a in attrs))
     manifest = {"format": "facelab-synthetic-faces", "params": params,
-                "counts": {"identities": identities, "images": len(lms), "pairs": pair_counts},
+                "counts": {"identities": identities, "images": len(lms), "pairs": pair_counts,
+                           **({"relabelled": noisy} if label_noise else {})},
                 "pair_sets": {name: {"left": left, "right": right, "first_identity": first}
                               for name, (left, right, first) in PAIR_SETS.items()} if pairs else {},
                 "seconds": {"images": round(t_images, 2), "total": round(time.perf_counter() - start, 2)},
