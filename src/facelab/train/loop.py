@@ -16,6 +16,7 @@ from facelab.data import open_training_set
 from facelab.data.pairsets import load_bin
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
+from facelab.distill.setup import distill_data
 from facelab.errors import FacelabError
 from facelab.eval.embed import evaluate_pairsets
 from facelab.eval.report import plot_roc, without_curves, write_json_atomic
@@ -109,6 +110,9 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     sampler = _sampler(len(dataset), cfg)
+    plots = None
+    if cfg.distill.name != "none":  # easy and hard images of the same identities per batch (facelab.distill)
+        dataset, sampler, plots = distill_data(dataset, cfg)
 
     step = 0
     if resume:
@@ -129,6 +133,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     train_seconds, train_images = 0.0, 0
 
     end = min(cfg.train.steps, stop_at) if stop_at else cfg.train.steps
+    if plots and step == 0:
+        plots.before(task, run, device)
     task.train()
     while step < end:
         sampler.set_position(*divmod(step, per_epoch))
@@ -178,6 +184,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     if results:
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         plot_roc(results, run / "roc.png")
+    if plots:
+        plots.after(task, run, device)
     logger.close()
     summary = {
         "pairs": without_curves(results),

@@ -20,6 +20,7 @@ from facelab.backbones import build_backbone
 from facelab.backbones.groupface import GroupFace
 from facelab.config import Config, config_from_dict
 from facelab.data.transforms import check_preprocess, to_input
+from facelab.distill.setup import build_objective
 from facelab.errors import FacelabError
 from facelab.heads import build_head
 from facelab.train.checkpoint import load_checkpoint
@@ -45,6 +46,8 @@ class FaceTask(nn.Module):
         self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
         self.objectives = nn.ModuleDict()  # extra loss terms on the embeddings (see the module docstring)
+        if cfg.distill.name == "ddl":  # DDL between easy and hard images (facelab.distill)
+            self.objectives["ddl"] = build_objective(cfg.distill)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = self.backbone(to_input(images, self.preprocess))  # [B, d]
