@@ -3,7 +3,7 @@
 A fixed set of identities is held out of training (`distill.plot_identities`); their easy and hard images
 are embedded at step 0 and after the last step. Per branch: positive-pair cosines and each image's hardest
 negative cosine, the quantities the DDL loss compares. Output in the run folder: ddl_before.json (step-0
-similarities, so a resumed run can still draw them) and ddl_histograms.png.
+similarities, so a resumed run can still draw them), ddl_after.json and ddl_histograms.png.
 """
 
 import json
@@ -19,7 +19,7 @@ from facelab.eval.embed import embed_images
 from facelab.eval.report import write_json_atomic
 from facelab.io import write_atomic
 
-BEFORE, PNG = "ddl_before.json", "ddl_histograms.png"
+BEFORE, AFTER, PNG = "ddl_before.json", "ddl_after.json", "ddl_histograms.png"
 PER_BRANCH = 5  # at most this many easy and this many hard images per held-out identity
 SERIES = (("teacher", "pos"), ("teacher", "neg"), ("student", "pos"), ("student", "neg"))
 
@@ -54,8 +54,10 @@ def save_before(run: Path, sims: dict[str, list[float]]) -> None:
 
 
 def plot_histograms(run: Path, after: dict[str, list[float]]) -> Path:
-    """ddl_histograms.png: step-0 (from ddl_before.json, if present) and final histograms side by side."""
+    """ddl_histograms.png: step-0 (from ddl_before.json, if present) and final histograms side by side;
+    the final similarities are kept in ddl_after.json."""
     run = Path(run)
+    write_json_atomic(run / AFTER, after)
     panels = {"after training": after}
     if (run / BEFORE).exists():
         panels = {"before training (step 0)": json.loads((run / BEFORE).read_text()), **panels}
