@@ -113,5 +113,7 @@ def test_degenerate_batches_and_weights():
     assert terms["ddl_order"].item() == pytest.approx(0.5 * (neg.mean() - pos.mean()).item())
     off = DDLLoss(kl_pos=0.0, kl_neg=0.0, order=0.0)(emb, labels, ddl_group=groups)
     assert all(v.item() == 0.0 for v in off.values())
+    half = DDLLoss()(emb.to(torch.bfloat16), labels, ddl_group=groups)  # autocast hands bf16 embeddings
+    assert half["ddl_kl_pos"].dtype == torch.float32 and torch.isfinite(half["ddl_kl_pos"])
     with pytest.raises(FacelabError, match="ddl_group"):
         DDLLoss()(emb, labels)

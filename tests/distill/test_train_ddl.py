@@ -64,5 +64,7 @@ def test_bad_distill_settings_name_the_key(synth, tmp_path):
         train(cfg_for(synth, tmp_path, "distill.split=attribute"))
     with pytest.raises(FacelabError, match="distill.split"):
         cfg_for(synth, tmp_path, "distill.split=pose")
+    with pytest.raises(FacelabError, match="adaptive_sampling"):
+        train(cfg_for(synth, tmp_path / "c", "distill.split=degradation", "data.adaptive_sampling.enabled=true"))
     with pytest.raises(FacelabError, match="distill.plot_identities"):
         train(cfg_for(synth, tmp_path / "b", "distill.split=degradation", "distill.plot_identities=9"))

@@ -69,6 +69,8 @@ class DDLLoss(nn.Module):
                 **_: torch.Tensor) -> dict[str, torch.Tensor]:
         if ddl_group is None:
             raise FacelabError("DDL: the batch carries no 'ddl_group' extras (use distill.name: ddl's sampler)")
+        if embeddings.dtype in (torch.float16, torch.bfloat16):  # autocast: 1000-bin histograms need float32
+            embeddings = embeddings.float()
         zero = embeddings.sum() * 0.0  # keeps the graph (and dtype) when a term has nothing to measure
         groups = [int(g) for g in torch.unique(ddl_group[ddl_group >= 0]).tolist()]
         sims = {g: branch_similarities(embeddings[ddl_group == g], labels[ddl_group == g]) for g in groups}

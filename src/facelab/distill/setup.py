@@ -49,6 +49,9 @@ class DistillPlots:
 def distill_data(dataset: Dataset, cfg: Config) -> tuple[DistillDataset, DDLBatchSampler, DistillPlots | None]:
     """(wrapped dataset, easy/hard batch sampler, plots or None) for a DDL run of `cfg`."""
     d = cfg.distill
+    if cfg.data.adaptive_sampling.enabled:
+        raise FacelabError("config data.adaptive_sampling.enabled: cannot be combined with distill.name ddl "
+                           "(each brings its own batch sampler)")
     easy, hard = split(dataset, d)
     labels = np.asarray(dataset.labels)
     pools = eligible_pools(labels, easy, hard, d.easy_per_identity, d.hard_per_identity)
