@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 from facelab.demo import RECIPE
-from facelab.experiments.common import format_cell, markdown_table, prepare_synth, run_grid, summarise, write_report
+from facelab.experiments.common import (
+    format_cell,
+    markdown_table,
+    mean_spread,
+    prepare_synth,
+    run_grid,
+    summarise,
+    write_report,
+)
 from facelab.io import write_atomic
 
 log = logging.getLogger(__name__)
@@ -66,14 +74,16 @@ def gaps(per_set: dict[str, list[float]]) -> dict[str, str]:
 
 
 def similarity_means(runs: list[Path]) -> dict[str, str]:
-    """Held-out mean cosines after training (ddl_after.json), mean ± spread over seeds, as text cells."""
+    """Held-out mean cosines after training (ddl_after.json), mean ± spread over seeds, as text cells
+    (cosines, not percent)."""
     found = [json.loads((r / "ddl_after.json").read_text()) for r in runs if (r / "ddl_after.json").exists()]
     if not found:
         return {}
     cells = {}
     for key, name in (("teacher_pos", "T+"), ("student_pos", "S+"), ("teacher_neg", "T−"), ("student_neg", "S−")):
         means = [sum(f[key]) / len(f[key]) for f in found if f[key]]
-        cells[f"{name} cos"] = format_cell(means).replace(" ± ", "±") if means else ""
+        mean, spread = mean_spread(means or [float("nan")])
+        cells[f"{name} cos"] = f"{mean:.3f} ± {spread:.3f}"
     return cells
 
 
