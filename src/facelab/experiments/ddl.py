@@ -101,7 +101,9 @@ def _run(args: argparse.Namespace, quick: bool) -> int:
     extra = {}
     for name in variants:
         runs = [args.out / name / f"seed{s}" for s in args.seeds]
-        extra[name] = {**gaps(summary[name]), **similarity_means(runs)}
+        train_s = [m["train"]["steps"] * args.batch_size  # images / (images per second)
+                   / m["train"]["images_per_second"] for m in results[name].values()]
+        extra[name] = {**gaps(summary[name]), **similarity_means(runs), "train (s)": f"{mean_spread(train_s)[0]:.0f}"}
     figure = args.doc.parent / "ddl_histograms.png"
     source = args.out / "arcface+ddl" / f"seed{args.seeds[0]}" / "ddl_histograms.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,8 @@ def _run(args: argparse.Namespace, quick: bool) -> int:
              "|yaw| < 30° and head width >= 40 px; hard: the other training photos (attributes.csv). Gaps in "
              "accuracy points. T/S± cos: mean held-out cosine of teacher (easy) / student (hard) positive pairs "
              "and hardest negatives after training (16 identities held out, ddl_after.json).\n\n" + _VARIANT_TEXT)
-    notes = (f"Total wall time {time.perf_counter() - start:.0f} s (runs reused from an earlier call count ~0 s). "
+    notes = (f"Wall time of this call {time.perf_counter() - start:.0f} s (runs reused from an earlier call count "
+             "~0 s; `train (s)`: mean training-loop seconds per run, batches loaded included, evaluation not). "
              f"Histograms of the first seed's `arcface+ddl` run (held-out identities, before and after training):"
              f"\n\n![DDL histograms]({figure.name})")
     write_report(args.doc, "Distribution distillation loss (DDL) on synthetic faces", command, intro,
