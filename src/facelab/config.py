@@ -117,6 +117,53 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Hard-sample distillation (facelab.distill): DDL (Huang et al. 2020) between easy (teacher) and hard
+    (student) images of the same identities in every batch. split: how images become easy or hard."""
+
+    name: str = "none"  # none | ddl
+    split: str = "attribute"  # attribute (pose/resolution from a CSV) | degradation (hard views made on the fly)
+    kl_pos: float = 0.1  # weight of KL(P+ teacher ‖ P+ student)
+    kl_neg: float = 0.02  # weight of KL(P- teacher ‖ P- student)
+    order: float = 0.5  # weight of the order term Σ (mean neg − mean pos)
+    bins: int = 1000  # soft-histogram bins on [0, 1)
+    sigma: float = 0.1  # Gaussian kernel width of the histograms
+    detach_teacher: bool = True  # no gradient through the teacher's histograms in the KL terms
+    identities_per_batch: int = 16  # identities with easy + hard images in every (global) batch
+    easy_per_identity: int = 2
+    hard_per_identity: int = 2  # the rest of the batch: random images, not used by DDL
+    attributes: str = ""  # split attribute: CSV with image (relative to data.train), yaw_deg, resolution
+    easy_max_yaw: float = 30.0  # easy: |yaw_deg| < this and resolution >= easy_min_resolution
+    easy_min_resolution: float = 40.0
+    hard_min_yaw: float = 30.0  # hard: |yaw_deg| >= this or resolution < hard_max_resolution
+    hard_max_resolution: float = 40.0
+    degrade_side: list[int] = field(default_factory=lambda: [14, 40])  # split degradation: down-sampled side px
+    degrade_blur: float = 1.0  # max Gaussian blur sigma (px, at full size)
+    degrade_noise: float = 6.0  # max Gaussian noise sigma (grey levels)
+    degrade_jpeg: list[int] = field(default_factory=lambda: [30, 90])  # JPEG quality range
+    plot_identities: int = 16  # identities held out of training for the histogram plots; 0: no plots
+
+    def __post_init__(self) -> None:
+        k = "distill."
+        _require(self.name in ("none", "ddl"), k + "name", self.name, "must be none or ddl")
+        splits = ("attribute", "degradation")
+        _require(self.split in splits, k + "split", self.split, "must be attribute or degradation")
+        for key in ("kl_pos", "kl_neg", "order", "degrade_blur", "degrade_noise"):
+            v = getattr(self, key)
+            _require(0.0 <= v < float("inf"), k + key, v, "must be a finite number >= 0")
+        _require(self.bins >= 1, k + "bins", self.bins, "must be >= 1")
+        _require(self.sigma > 0, k + "sigma", self.sigma, "must be > 0")
+        _require(self.identities_per_batch >= 1, k + "identities_per_batch", self.identities_per_batch, "must be >= 1")
+        for key in ("easy_per_identity", "hard_per_identity"):
+            _require(getattr(self, key) >= 2, k + key, getattr(self, key), "must be >= 2 (positive pairs)")
+        side, q = self.degrade_side, self.degrade_jpeg
+        ok = len(side) == 2 and 2 <= side[0] <= side[1]
+        _require(ok, k + "degrade_side", side, "must be [lo, hi] with 2 <= lo <= hi")
+        _require(len(q) == 2 and 1 <= q[0] <= q[1] <= 100, k + "degrade_jpeg", q, "must be [lo, hi] in 1..100")
+        _require(self.plot_identities >= 0, k + "plot_identities", self.plot_identities, "must be >= 0")
+
+
+@dataclass
 class Config:
     name: str = "run"
     output: str = "runs/run"
@@ -127,6 +174,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

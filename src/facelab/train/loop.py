@@ -16,6 +16,7 @@ from facelab.data.loader import make_loader, to_device
 from facelab.data.pairsets import load_bin
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
+from facelab.distill.setup import distill_data
 from facelab.distributed import env as dist_env
 from facelab.distributed.checkpoint import full_state, slice_state
 from facelab.errors import FacelabError
@@ -154,6 +155,9 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     sampler = _sampler(len(dataset), cfg, env)
+    plots = None
+    if cfg.distill.name != "none":  # easy and hard images of the same identities per batch (facelab.distill)
+        dataset, sampler, plots = distill_data(dataset, cfg, env)
 
     step = 0
     if resume:
@@ -177,6 +181,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     train_seconds, train_images = 0.0, 0
 
     end = min(cfg.train.steps, stop_at) if stop_at else cfg.train.steps
+    if plots and step == 0 and env.main:
+        plots.before(task, run, device)
     task.train()
     loader = make_loader(dataset, sampler, cfg.data.workers, device)  # once: persistent workers
     pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (checked without a per-step sync)
@@ -232,6 +238,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         if env.main:
             plot_roc(results, run / "roc.png")
+    if plots and env.main:
+        plots.after(task, run, device)
     logger.close()
     summary = {
         "pairs": without_curves(results),

@@ -20,6 +20,7 @@ from facelab.backbones import build_backbone
 from facelab.backbones.groupface import GroupFace
 from facelab.config import Config, config_from_dict
 from facelab.data.transforms import check_preprocess, to_input
+from facelab.distill.setup import build_objective
 from facelab.errors import FacelabError
 from facelab.heads import build_head
 from facelab.train.checkpoint import load_checkpoint
@@ -54,6 +55,8 @@ class FaceTask(nn.Module):
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
         self.objectives = nn.ModuleDict()  # extra loss terms on the embeddings (see the module docstring)
         self.parallel: tuple[nn.Module, ...] = ()  # (DDP-wrapped backbone,) in a multi-process run; not a submodule
+        if cfg.distill.name == "ddl":  # DDL between easy and hard images (facelab.distill)
+            self.objectives["ddl"] = build_objective(cfg.distill)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = (self.parallel or (self.backbone,))[0](to_input(images, self.preprocess))  # [B, d]

@@ -1,0 +1,1 @@
+"""Hard-sample distillation: the DDL loss (ddl.py), easy/hard batches (sampling.py), histograms (plots.py)."""
