@@ -14,11 +14,13 @@ from tqdm import tqdm
 from facelab.config import Config, check_choice, config_to_dict
 from facelab.data import open_training_set
 from facelab.data.pairsets import load_bin
+from facelab.data.pk_sampler import build_label_sampler
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
 from facelab.eval.embed import evaluate_pairsets
 from facelab.eval.report import plot_roc, without_curves, write_json_atomic
+from facelab.eval.thresholds import pairset_thresholds, store_thresholds
 from facelab.io import write_atomic
 from facelab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from facelab.train.logging import RunLogger
@@ -61,6 +63,7 @@ def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: C
         {
             "model": task.backbone.state_dict(),
             "head": task.head.state_dict(),
+            "objectives": task.objectives.state_dict(),  # learnable loss parameters (MarginLoss beta)
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -108,13 +111,16 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    sampler = _sampler(len(dataset), cfg)
+    sampler = build_label_sampler(dataset.labels, cfg)  # data.sampler pk | siamese; None: uniform / adaptive
+    if sampler is None:
+        sampler = _sampler(len(dataset), cfg)
 
     step = 0
     if resume:
         ckpt = load_checkpoint(run)
         task.backbone.load_state_dict(ckpt["model"])
         task.head.load_state_dict(ckpt["head"])
+        task.objectives.load_state_dict(ckpt.get("objectives", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -175,12 +181,17 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         return {"train": {"steps": step, "complete": False}}
 
     results = _evaluate(task, val_sets, cfg, device) if val_sets else {}
+    thresholds = {}
     if results:
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         plot_roc(results, run / "roc.png")
+        thresholds = pairset_thresholds(task.backbone, val_sets, batch_size=2 * cfg.data.batch_size,
+                                        preprocess=task.preprocess, device=device)
+        store_thresholds(run / CHECKPOINT_NAME, thresholds)  # the deployed verifier's operating points
     logger.close()
     summary = {
         "pairs": without_curves(results),
+        "thresholds": thresholds,
         "train": {
             "steps": step,
             "images_per_second": train_images / train_seconds if train_seconds > 0 else math.nan,
