@@ -8,14 +8,18 @@ we keep the first (lowest) candidate with the best accuracy, and the first with 
 optimistic; the k-fold accuracy of verify_pairs is the one to report as a result.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from facelab.errors import FacelabError
 from facelab.eval.embed import embed_images
-from facelab.eval.verification import _less_counts, _midpoints, pair_distances
+from facelab.eval.verification import _less_counts, _midpoints, pair_distances, verify_pairs
 from facelab.train.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def select_thresholds(distances: np.ndarray, same: np.ndarray) -> dict[str, dict[str, float]]:
@@ -35,14 +39,19 @@ def select_thresholds(distances: np.ndarray, same: np.ndarray) -> dict[str, dict
     }
 
 
-def pairset_thresholds(model: nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]], **embed_kw) -> dict:
-    """select_thresholds on each pair set {name: (images [2N, H, W, 3], same [N])}, pairs interleaved;
-    embed_kw go to embed_images (batch_size, preprocess, device)."""
-    result = {}
+def evaluate_with_thresholds(model: nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]],
+                             **embed_kw) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(verify_pairs result, select_thresholds result) per pair set {name: (images [2N, H, W, 3], same [N])},
+    pairs interleaved, from ONE embedding pass; embed_kw go to embed_images (batch_size, preprocess, device)."""
+    results, thresholds = {}, {}
     for name, (images, same) in sets.items():
-        emb = embed_images(model, images, **embed_kw)  # [2N, d] L2-normalised
-        result[name] = select_thresholds(pair_distances(emb[0::2], emb[1::2]), same)
-    return result
+        if len(images) != 2 * len(same):
+            raise FacelabError(f"pair set {name!r}: {len(images)} images for {len(same)} pairs (need 2 per pair)")
+        emb = embed_images(model, images, **embed_kw)  # [2N, d] L2-normalised, flip-fused
+        results[name] = verify_pairs(emb[0::2], emb[1::2], same)
+        thresholds[name] = select_thresholds(pair_distances(emb[0::2], emb[1::2]), same)
+        log.info("%s: accuracy %.4f ± %.4f", name, results[name]["accuracy"], results[name]["accuracy_std"])
+    return results, thresholds
 
 
 def store_thresholds(checkpoint: Path, thresholds: dict) -> None:
@@ -52,4 +61,4 @@ def store_thresholds(checkpoint: Path, thresholds: dict) -> None:
     save_checkpoint(Path(checkpoint), {**ckpt, "thresholds": thresholds})
 
 
-__all__ = ["pairset_thresholds", "select_thresholds", "store_thresholds"]
+__all__ = ["evaluate_with_thresholds", "select_thresholds", "store_thresholds"]

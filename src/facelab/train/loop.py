@@ -20,7 +20,7 @@ from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
 from facelab.eval.embed import evaluate_pairsets
 from facelab.eval.report import plot_roc, without_curves, write_json_atomic
-from facelab.eval.thresholds import pairset_thresholds, store_thresholds
+from facelab.eval.thresholds import evaluate_with_thresholds, store_thresholds
 from facelab.io import write_atomic
 from facelab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from facelab.train.logging import RunLogger
@@ -180,13 +180,11 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         logger.close()
         return {"train": {"steps": step, "complete": False}}
 
-    results = _evaluate(task, val_sets, cfg, device) if val_sets else {}
-    thresholds = {}
+    results, thresholds = evaluate_with_thresholds(  # one embedding pass: 10-fold accuracy + deployed thresholds
+        task.backbone, val_sets, batch_size=2 * cfg.data.batch_size, preprocess=task.preprocess, device=device)
     if results:
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         plot_roc(results, run / "roc.png")
-        thresholds = pairset_thresholds(task.backbone, val_sets, batch_size=2 * cfg.data.batch_size,
-                                        preprocess=task.preprocess, device=device)
         store_thresholds(run / CHECKPOINT_NAME, thresholds)  # the deployed verifier's operating points
     logger.close()
     summary = {
