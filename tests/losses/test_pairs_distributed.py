@@ -64,6 +64,7 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(ranks, name):
     x, labels = _batch()
