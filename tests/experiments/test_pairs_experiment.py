@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from facelab.cli import main
 from facelab.experiments.pairs import adacos_scale, variants
 
@@ -16,6 +18,7 @@ def test_adacos_scale_and_variants():
     assert all("objective=pairs" in v and "data.sampler=pk" in v for v in pair_rows)
 
 
+@pytest.mark.slow  # 10 tiny training runs: ~1-2 min on a quiet 2-core machine
 def test_quick_experiment_writes_the_table(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     assert main(["experiment", "pairs", "--quick"]) == 0
