@@ -69,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
             row = f"{set_name}/{name}"
             summary[row] = per_set
             speed = [m["train"]["images_per_second"] for m in results[name].values()]
+            fold_std = [m["pairs"]["synth-lfw"]["accuracy_std"] for m in results[name].values()]
             f1 = [m["thresholds"]["synth-lfw"]["f1"]["threshold"] for m in results[name].values()]
-            extra[row] = {"training set": f"{identities} ids × {per_id}", "images/s": f"{sum(speed) / len(speed):.0f}",
+            extra[row] = {"10-fold std (%)": f"{100 * sum(fold_std) / len(fold_std):.2f}",
+                          "training set": f"{identities} ids × {per_id}", "images/s": f"{sum(speed) / len(speed):.0f}",
                           "F1 threshold (d²)": f"{sum(f1) / len(f1):.3f}"}
     command = "facelab experiment pairs" + (" --quick" if args.quick else "")
     intro = (f"One seed per row ({args.seeds}), {plan['steps']} steps of batch {plan['batch']} on the demo recipe "
