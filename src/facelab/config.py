@@ -45,6 +45,9 @@ class DataConfig:
     preload: bool = False  # decode the whole set into memory once (small sets, CPU)
     flip: bool = True  # random horizontal flip
     adaptive_sampling: AdaptiveSamplingConfig = field(default_factory=AdaptiveSamplingConfig)
+    sampler: str = "uniform"  # uniform | pk (P identities x pk_k images) | siamese (a, b pairs); data/pk_sampler.py
+    pk_k: int = 4  # images per identity in a pk batch (batch_size must be a multiple)
+    positive_fraction: float = 0.5  # siamese: fraction of same-identity pairs per batch
 
 
 @dataclass
@@ -81,6 +84,22 @@ class HeadConfig:
     def __post_init__(self) -> None:
         _require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes, "must be >= 0")
         _require(0.0 < self.sample_rate <= 1.0, "head.sample_rate", self.sample_rate, "must be in (0, 1]")
+
+
+@dataclass
+class PairsConfig:
+    """Pair-based metric learning (facelab.losses.pairs, pytorch-metric-learning), used when the top-level
+    `objective` is pairs or head+pairs. Names are checked by the registries there."""
+
+    loss: str = "contrastive"  # contrastive | triplet | margin
+    miner: str = ""  # "" (all pairs / triplets) | semihard | distance_weighted | uniform_histogram
+    distance: str = "l2"  # l2 (Euclidean of L2-normalised embeddings) | l2_raw (unnormalised)
+    weight: float = 1.0  # weight of the pair term in the loss dict
+    kwargs: dict[str, Any] = field(default_factory=dict)  # loss arguments (margins, beta, ...)
+    miner_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.weight < float("inf"), "pairs.weight", self.weight, "must be a finite number >= 0")
 
 
 @dataclass
@@ -175,6 +194,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    objective: str = "head"  # head | pairs (pair loss alone, no classifier head) | head+pairs
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

@@ -9,3 +9,4 @@ interrupted experiment resumes where it stopped), and the mean ± spread table.
 EXPERIMENTS: dict[str, str] = {}  # name -> module, e.g. "heads": "facelab.experiments.heads"
 EXPERIMENTS["heads"] = "facelab.experiments.heads"
 EXPERIMENTS["ddl"] = "facelab.experiments.ddl"
+EXPERIMENTS["pairs"] = "facelab.experiments.pairs"

@@ -14,14 +14,16 @@ from facelab.config import Config, check_choice, config_to_dict
 from facelab.data import open_training_set
 from facelab.data.loader import make_loader, to_device
 from facelab.data.pairsets import load_bin
+from facelab.data.pk_sampler import build_label_sampler
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.distill.setup import distill_data
 from facelab.distributed import env as dist_env
 from facelab.distributed.checkpoint import full_state, slice_state
 from facelab.errors import FacelabError
-from facelab.eval.embed import evaluate_pairsets
+from facelab.eval.embed import embed_images
 from facelab.eval.report import plot_roc, without_curves, write_json_atomic
+from facelab.eval.thresholds import evaluate_with_thresholds, store_thresholds
 from facelab.io import write_atomic
 from facelab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from facelab.train.logging import RunLogger
@@ -39,15 +41,14 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, device: torch.device) -> dict[str, dict]:
-    if task.parallel:  # every rank embeds its share of the images
-        from facelab.distributed.evaluate import evaluate_pairsets_sharded
-
-        kw = {"batch_size": 2 * cfg.data.batch_size, "preprocess": task.preprocess, "device": device}
-        return evaluate_pairsets_sharded(task.backbone, val_sets, **kw)
-    return evaluate_pairsets(
-        task.backbone, val_sets, batch_size=2 * cfg.data.batch_size, preprocess=task.preprocess, device=device
-    )
+def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, device: torch.device) -> tuple[dict, dict]:
+    """(verification results, deployment thresholds) per pair set from one embedding pass; in a
+    multi-process run every rank embeds its share of the images."""
+    embed = embed_images
+    if task.parallel:
+        from facelab.distributed.evaluate import embed_images_sharded as embed
+    kw = {"batch_size": 2 * cfg.data.batch_size, "preprocess": task.preprocess, "device": device}
+    return evaluate_with_thresholds(task.backbone, val_sets, embed=embed, **kw)
 
 
 def _sampler(num_samples: int, cfg: Config, env: dist_env.DistEnv) -> EpochBatchSampler | AdaptiveBatchSampler:
@@ -78,6 +79,7 @@ def _save(run: Path, task, head: dict, opt: dict, scheduler, scaler, step: int, 
         {
             "model": task.backbone.state_dict(),
             "head": head,
+            "objectives": task.objectives.state_dict(),  # learnable loss parameters (MarginLoss beta)
             "optimizer": opt,
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -154,7 +156,9 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    sampler = _sampler(len(dataset), cfg, env)
+    sampler = build_label_sampler(dataset.labels, cfg, env.rank, env.world_size)  # data.sampler pk | siamese
+    if sampler is None:  # uniform / adaptive
+        sampler = _sampler(len(dataset), cfg, env)
     plots = None
     if cfg.distill.name != "none":  # easy and hard images of the same identities per batch (facelab.distill)
         dataset, sampler, plots = distill_data(dataset, cfg, env)
@@ -166,6 +170,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         head, opt = slice_state(task.head, optimizer, ckpt["head"], ckpt["optimizer"])  # this rank's classes
         task.head.load_state_dict(head)
         optimizer.load_state_dict(opt)
+        task.objectives.load_state_dict(ckpt.get("objectives", {}))
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -219,7 +224,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
             if val_sets and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 _check_finite(pending, step)
                 started = time.perf_counter()
-                results = _evaluate(task, val_sets, cfg, device)
+                results = _evaluate(task, val_sets, cfg, device)[0]
                 values = {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()}
                 logger.log(step, {**values, "val/seconds": time.perf_counter() - started})
             if step % cfg.train.checkpoint_every == 0 or step == end:
@@ -233,16 +238,18 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         logger.close()
         return {"train": {"steps": step, "complete": False}}
 
-    results = _evaluate(task, val_sets, cfg, device) if val_sets else {}
+    results, thresholds = _evaluate(task, val_sets, cfg, device)  # 10-fold accuracy + deployed thresholds
     if results:
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         if env.main:
             plot_roc(results, run / "roc.png")
+            store_thresholds(run / CHECKPOINT_NAME, thresholds)  # the deployed verifier's operating points
     if plots and env.main:
         plots.after(task, run, device)
     logger.close()
     summary = {
         "pairs": without_curves(results),
+        "thresholds": thresholds,
         "train": {
             "steps": step,
             "images_per_second": train_images / train_seconds if train_seconds > 0 else math.nan,

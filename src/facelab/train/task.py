@@ -23,6 +23,7 @@ from facelab.data.transforms import check_preprocess, to_input
 from facelab.distill.setup import build_objective
 from facelab.errors import FacelabError
 from facelab.heads import build_head
+from facelab.losses.pairs import NoHead, build_objectives
 from facelab.train.checkpoint import load_checkpoint
 
 
@@ -42,7 +43,8 @@ class FaceTask(nn.Module):
         reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
         if reserved:
             raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
-        self.head = build_head(
+        objectives = build_objectives(cfg)  # objective: pairs -> no classifier head (an empty NoHead)
+        self.head = NoHead() if cfg.objective == "pairs" else build_head(
             cfg.head.margin,
             cfg.model.embedding_size,
             num_classes,
@@ -51,9 +53,10 @@ class FaceTask(nn.Module):
                                "seed": cfg.seed},
             **cfg.head.kwargs,
         )
-        self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
+        if not isinstance(self.head, NoHead):
+            self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
-        self.objectives = nn.ModuleDict()  # extra loss terms on the embeddings (see the module docstring)
+        self.objectives = nn.ModuleDict(objectives)  # extra loss terms on the embeddings (see the module docstring)
         self.parallel: tuple[nn.Module, ...] = ()  # (DDP-wrapped backbone,) in a multi-process run; not a submodule
         if cfg.distill.name == "ddl":  # DDL between easy and hard images (facelab.distill)
             self.objectives["ddl"] = build_objective(cfg.distill)
@@ -61,7 +64,7 @@ class FaceTask(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = (self.parallel or (self.backbone,))[0](to_input(images, self.preprocess))  # [B, d]
         losses, logits = self.head.forward_with_logits(embeddings, labels)
-        self.correct = self._correct(logits, labels)
+        self.correct = None if logits is None else self._correct(logits, labels)
         for module in self.backbone.modules():
             _add_terms(losses, getattr(module, "aux_losses", dict)(), type(module).__name__)
         for name, objective in self.objectives.items():
