@@ -45,10 +45,16 @@ def _optimizer_keys(optimizer: torch.optim.Optimizer, head: nn.Module) -> dict[i
     return {i: ids[id(p)] for i, p in enumerate(params) if id(p) in ids}
 
 
+def _sharded(head: nn.Module) -> bool:
+    """The head has a class-sharded classifier (a pair-loss run's NoHead has no classifier at all)."""
+    clf = getattr(head, "classifier", None)
+    return clf is not None and clf.world_size > 1
+
+
 def full_state(head: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """(head state dict, optimizer state dict) with the sharded rows of every rank; collective."""
     state, opt = head.state_dict(), optimizer.state_dict()
-    if head.classifier.world_size == 1:
+    if not _sharded(head):
         return state, opt
     for key in SHARDED:
         if key in state:
@@ -64,7 +70,7 @@ def full_state(head: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict,
 
 def slice_state(head: nn.Module, optimizer: torch.optim.Optimizer, state: dict, opt: dict) -> tuple[dict, dict]:
     """This rank's rows of a full (head, optimizer) state from `full_state` (any world size)."""
-    if head.classifier.world_size == 1:
+    if not _sharded(head):
         return state, opt
     state = dict(state)
     for key in SHARDED:

@@ -73,10 +73,10 @@ def wrap_backbone(backbone: nn.Module, env: DistEnv) -> tuple[nn.Module, ...]:
     return (nn.parallel.DistributedDataParallel(backbone, device_ids=ids),)
 
 
-def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float, classifier: nn.Module) -> None:
+def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float, classifier: nn.Module | None) -> None:
     """torch's clip_grad_norm_, with the norm of a class-sharded `classifier`'s gradients summed over ranks
-    (squared), so every rank scales by the same global norm as one process would."""
-    if classifier.world_size == 1:
+    (squared), so every rank scales by the same global norm as one process would (None: no classifier)."""
+    if classifier is None or classifier.world_size == 1:
         torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
         return
     mine = {id(p) for p in classifier.parameters()}

@@ -206,7 +206,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
             scaler.scale(losses["loss"]).backward()
             if cfg.train.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
-                dist_env.clip_grad_norm(task.parameters(), cfg.train.clip_grad_norm, task.head.classifier)
+                classifier = getattr(task.head, "classifier", None)  # None: a pair-loss run has no classifier
+                dist_env.clip_grad_norm(task.parameters(), cfg.train.clip_grad_norm, classifier)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
