@@ -1,4 +1,4 @@
-"""Partial FC (head.sample_rate) against the full softmax (sample_rate 1.0) in the same run, on CPU.
+"""Partial FC (head.sample_rate) against the full softmax (sample_rate 1.0) in the same run (CPU or --device).
 
 One process holding C classes (= one rank's shard C_local of a sharded run) with ArcFace at d=512, B=128
 embeddings (a leaf requiring grad), SGD with momentum over the head. Per C and sample rate r:
@@ -31,10 +31,17 @@ def head_bytes(classes: int, dim: int, batch: int, rate: float) -> dict[str, flo
             "logits": 4 * batch * used, "normalised centres": 4 * used * dim}
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels are asynchronous: wait for them before reading the clock
+        torch.cuda.synchronize(device)
+
+
 def step_seconds(head, optimizer, x: torch.Tensor, labels: torch.Tensor) -> float:
+    _sync(x.device)
     t0 = time.perf_counter()
     head(x, labels)["loss"].backward()
     optimizer.step()
+    _sync(x.device)
     elapsed = time.perf_counter() - t0
     optimizer.zero_grad(set_to_none=False)  # keep the dense gradient allocated, as in training
     x.grad = None
@@ -46,9 +53,10 @@ def bench_classes(classes: int, rates: list[float], args: argparse.Namespace) ->
     heads, opts = {}, {}
     for r in rates:
         heads[r] = build_head("arcface", args.dim, classes, classifier_kwargs={"sample_rate": r, "seed": 0})
+        heads[r] = heads[r].to(args.device)
         opts[r] = torch.optim.SGD(heads[r].parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(args.batch, args.dim, requires_grad=True)  # [B, d]
-    labels = torch.randint(0, classes, (args.batch,))  # [B]
+    x = torch.randn(args.batch, args.dim, device=args.device, requires_grad=True)  # [B, d]
+    labels = torch.randint(0, classes, (args.batch,), device=args.device)  # [B]
     times: dict[float, list[float]] = {r: [] for r in rates}
     for rnd in range(args.warmup + args.repeats):
         for r in rates:
@@ -68,11 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-gb", type=float, default=8.0)
+    p.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="e.g. cuda")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rates = sorted(set(args.rates) | {1.0}, reverse=True)
-    print(f"arcface d={args.dim} B={args.batch} threads={args.threads}; step = forward+backward+SGD step, "
+    print(f"device {args.device}; arcface d={args.dim} B={args.batch} threads={args.threads}; step = forward+backward+SGD step, "
           f"median of {args.repeats} after {args.warmup} warm-up; memory computed (GB, float32)")
     print(f"{'C':>10} {'rate':>5} {'params+grad+mom':>16} {'logits':>8} {'norm. W':>8} {'total':>7} "
           f"{'ratio':>6} {'step ms':>9} {'ratio':>6}")
