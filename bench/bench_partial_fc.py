@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rates = sorted(set(args.rates) | {1.0}, reverse=True)
-    print(f"device {args.device}; arcface d={args.dim} B={args.batch} threads={args.threads}; step = forward+backward+SGD step, "
+    print(f"device {args.device}; arcface d={args.dim} B={args.batch} threads={args.threads}; "
+          "step = forward+backward+SGD step, "
           f"median of {args.repeats} after {args.warmup} warm-up; memory computed (GB, float32)")
     print(f"{'C':>10} {'rate':>5} {'params+grad+mom':>16} {'logits':>8} {'norm. W':>8} {'total':>7} "
           f"{'ratio':>6} {'step ms':>9} {'ratio':>6}")
