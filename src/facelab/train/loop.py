@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from facelab.config import Config, check_choice, config_to_dict
-from facelab.data import open_training_set
+from facelab.data.multi import dataset_sampler, open_training_data
 from facelab.data.pairsets import load_bin
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
@@ -61,6 +61,7 @@ def _checkpoint(run: Path, task, optimizer, scheduler, scaler, step: int, cfg: C
         {
             "model": task.backbone.state_dict(),
             "head": task.head.state_dict(),
+            "objectives": task.objectives.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -99,22 +100,23 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
 
-    dataset = open_training_set(cfg.data.train, preload=cfg.data.preload)
+    dataset = open_training_data(cfg.data, preload=cfg.data.preload)  # data.train, or data.datasets (DAIL)
     val_sets = {Path(p).stem: load_bin(p) for p in cfg.data.val_pairs}
     preprocess = {**PREPROCESS_DEFAULT, "size": int(dataset[0][0].shape[-1])}
-    task = FaceTask(cfg, dataset.num_classes, preprocess).to(device)
+    task = FaceTask(cfg, dataset.num_classes, preprocess, offsets=getattr(dataset, "offsets", None)).to(device)
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    sampler = _sampler(len(dataset), cfg)
+    sampler = dataset_sampler(dataset, cfg.data, cfg.seed) if cfg.data.datasets else _sampler(len(dataset), cfg)
 
     step = 0
     if resume:
         ckpt = load_checkpoint(run)
         task.backbone.load_state_dict(ckpt["model"])
         task.head.load_state_dict(ckpt["head"])
+        task.objectives.load_state_dict(ckpt.get("objectives", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -124,7 +126,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         step = ckpt["step"]
         log.info("resumed %s at step %d", run, step)
     logger = RunLogger(run, cfg.train.tensorboard, resume_step=step if resume else None)
-    per_epoch = len(dataset) // cfg.data.batch_size
+    per_epoch = len(sampler)  # batches per epoch (a new sampler starts at batch 0)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not cfg.train.progress or None, desc=cfg.name)
     train_seconds, train_images = 0.0, 0
 
@@ -137,6 +139,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
         for images, labels, *rest in loader:  # rest: [] or [extras dict] (see facelab.train.task)
             images, labels = images.to(device), labels.to(device)
             extras = {k: v.to(device) for k, v in rest[0].items()} if rest else {}
+            task.set_step(step)  # step-scheduled objectives (DAIL's GRL) and the crossing-dropout draw
             with _autocast(device, cfg.train.amp):
                 losses = task(images, labels, **extras)
             if not torch.isfinite(losses["loss"]):

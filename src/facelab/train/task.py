@@ -23,12 +23,13 @@ from facelab.data.transforms import check_preprocess, to_input
 from facelab.errors import FacelabError
 from facelab.heads import build_head
 from facelab.train.checkpoint import load_checkpoint
+from facelab.train.dail import attach_dail
 
 
 class FaceTask(nn.Module):
     """images uint8 [B, 3, H, W] + labels [B] -> {"loss": total, "ce": ..., ...}."""
 
-    def __init__(self, cfg: Config, num_classes: int, preprocess: dict) -> None:
+    def __init__(self, cfg: Config, num_classes: int, preprocess: dict, offsets: list[int] | None = None) -> None:
         super().__init__()
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
@@ -45,6 +46,13 @@ class FaceTask(nn.Module):
         self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
         self.objectives = nn.ModuleDict()  # extra loss terms on the embeddings (see the module docstring)
+        attach_dail(self, cfg, offsets)  # multi-dataset: class offsets per dataset (facelab.data.multi); else None
+
+    def set_step(self, step: int) -> None:
+        """Tell step-scheduled parts (objectives, the DAIL dataset mask's dropout draw) the training step."""
+        for part in [*self.objectives.values(), self.head.dataset_mask]:
+            if hasattr(part, "step"):
+                part.step = step
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = self.backbone(to_input(images, self.preprocess))  # [B, d]
