@@ -7,3 +7,4 @@ interrupted experiment resumes where it stopped), and the mean ± spread table.
 """
 
 EXPERIMENTS: dict[str, str] = {}  # name -> module, e.g. "heads": "facelab.experiments.heads"
+EXPERIMENTS["dail"] = "facelab.experiments.dail"
