@@ -4,7 +4,6 @@ import argparse
 
 import pytest
 
-from facelab.cli import main
 from facelab.config import load_config
 from facelab.demo import RECIPE
 from facelab.experiments import dail
@@ -40,4 +39,3 @@ def test_quick_mode_writes_the_table():
     assert dail.run(args) == 0
     text = args.doc.read_text()  # quick mode writes into a temporary folder
     assert "| `c-aware-30%` |" in text and "| `e-grl-0%` |" in text and "EP4179476A1" in text
-    assert main(["experiment", "dail", "--quick"]) == 0  # and through the CLI
