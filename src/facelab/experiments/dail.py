@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crossing-dropout", type=float, default=0.02)
     p.add_argument("--grl-weight", type=float, default=0.1)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    p.add_argument("--report-only", action="store_true", help="write the table from the runs complete so far")
+    p.add_argument("--only", nargs="+", default=None, metavar="VARIANT", help="train and report these variants only")
     p.add_argument("--quick", action="store_true", help="tiny data and 3 steps into a temporary folder (smoke test)")
 
 
@@ -94,11 +98,33 @@ def run(args: argparse.Namespace) -> int:
     common = [f"data.val_pairs={bins}", f"train.steps={args.steps}", f"data.batch_size={args.batch_size}",
               "train.progress=false", "train.tensorboard=false", f"train.checkpoint_every={args.steps}"]
     grid = variants(folders, args.steps, args.crossing_dropout, args.grl_weight)
-    results = run_grid(RECIPE, grid, args.seeds, args.out, common=common)
+    if args.only:
+        unknown = sorted(set(args.only) - set(grid))
+        if unknown:
+            raise FacelabError(f"experiment dail: unknown variant {unknown[0]!r}; variants: {', '.join(grid)}")
+        grid = {name: grid[name] for name in args.only}  # in the order given: the first are trained first
+    if args.report_only:
+        results = completed(args.out, grid, args.seeds)
+    else:
+        results = run_grid(RECIPE, grid, args.seeds, args.out, common=[*common, *args.set])
+    results = dict(sorted(results.items()))  # table rows a..e, 0% before 30%
     write_report(args.doc, "Multi-dataset training: DAIL", command_line(args), intro(args),
                  markdown_table(summarise(results), SETS), notes(args))
     log.info("table written to %s", args.doc)
     return 0
+
+
+def completed(out: Path, grid: dict, seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """{variant: {seed: metrics}} of the runs of `grid` whose metrics.json exists (a run writes it last)."""
+    results: dict[str, dict[int, dict]] = {}
+    for name in grid:
+        for seed in seeds:
+            path = out / name / f"seed{seed}" / "metrics.json"
+            if path.exists():
+                results.setdefault(name, {})[seed] = json.loads(path.read_text())
+    if not results:
+        raise FacelabError(f"{out}: no complete run of this experiment yet")
+    return results
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -107,10 +133,13 @@ def command_line(args: argparse.Namespace) -> str:
     return (f"facelab experiment dail --identities {args.identities} --images-per-identity "
             f"{args.images_per_identity} --pairs {args.pairs} --overlaps {' '.join(map(str, args.overlaps))} "
             f"--steps {args.steps} --batch-size {args.batch_size} --crossing-dropout {args.crossing_dropout} "
-            f"--grl-weight {args.grl_weight} --seeds {' '.join(map(str, args.seeds))}")
+            f"--grl-weight {args.grl_weight} --seeds {' '.join(map(str, args.seeds))}"
+            + (f" --set {shlex.join(args.set)}" if args.set else "") + (f" --only {' '.join(args.only)}" if args.only
+                                                                     else ""))
 
 
 def intro(args: argparse.Namespace) -> str:
+    extra = f"; extra overrides for every run: `{' '.join(args.set)}`" if args.set else ""
     return f"""\
 DAIL (Wang et al., "Dataset-aware and invariant learning for face recognition", ICPR 2020, arXiv 2101.05419)
 trains on several face datasets merged without cleaning: each dataset keeps its own class space, each sample's
@@ -130,8 +159,7 @@ per dataset a larger p is needed for any class to be drawn); (e) (d) + the datas
 (λ ramps to 1 over {max(1, args.steps // 10)} steps). Equal sampling weights: every batch is half A, half B.
 Budget: the demo recipe (tiny backbone, ArcFace s=32 m=0.5, SGD 0.1, cosine) with {args.steps} steps at batch
 {args.batch_size}, seeds {args.seeds}; verification on synth-lfw/cfp/lowres ({args.pairs} pairs each, 10-fold
-accuracy), mean ± population std over seeds. This budget was chosen to fit the whole table in about 30 minutes on
-a loaded 2-core CPU machine; the numbers are small-scale and noisy."""
+accuracy), mean ± population std over seeds{extra}. The numbers are small-scale and noisy."""
 
 
 def notes(args: argparse.Namespace) -> str:
