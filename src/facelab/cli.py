@@ -101,7 +101,8 @@ def _cmd_search(a: argparse.Namespace) -> int:
 def _cmd_overlap(a: argparse.Namespace) -> int:
     from facelab.eval.overlap import find_overlap
 
-    s = find_overlap(a.model, a.dataset_a, a.dataset_b, a.out, truth=a.truth, threshold=a.threshold, merge=a.merge)
+    s = find_overlap(a.model, a.dataset_a, a.dataset_b, a.out, truth=a.truth, threshold=a.threshold, merge=a.merge,
+                     centre=a.centre)
     print(f"{s['called']} classes of B called shared with A at cosine >= {s['threshold']}")
     for key in ("at_threshold", "best_f1"):
         if key in s:
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.5, help="centre cosine from which a pair is shared")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--merge", type=Path, default=None, help="write a merged folder (shared pairs = one class)")
+    s.add_argument("--centre", action="store_true", help="subtract each dataset's mean embedding first (domain shift)")
     s.set_defaults(func=_cmd_overlap)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")

@@ -70,3 +70,13 @@ def test_truth_file(tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(FacelabError, match="a_class"):
         read_truth(tmp_path / "bad.csv")
+
+
+def test_centring_removes_a_dataset_shift():
+    fa, na, fb, nb = toy()
+    shift = np.zeros(16)
+    shift[0] = 3.0
+    fb = unit(fb + shift)  # every B image moved the same way (a domain shift): one A class becomes a hub
+    rows = candidates(fa, na, fb, nb, centre=True)
+    found = {(r["b_class"], r["a_class"]) for r in rows[:2]}
+    assert found == {("b0", "a2"), ("b1", "a0")}

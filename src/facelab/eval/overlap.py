@@ -33,8 +33,19 @@ def class_centres(feats: np.ndarray, names: np.ndarray) -> tuple[list[str], np.n
     return classes, centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
 
 
-def candidates(feats_a: np.ndarray, names_a: np.ndarray, feats_b: np.ndarray, names_b: np.ndarray) -> list[dict]:
-    """One row per class of B: its best A class, their centre cosine, the sample agreement; best first."""
+def _centred(feats: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    x = feats - mean
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def candidates(feats_a: np.ndarray, names_a: np.ndarray, feats_b: np.ndarray, names_b: np.ndarray,
+               centre: bool = False) -> list[dict]:
+    """One row per class of B: its best A class, their centre cosine, the sample agreement; best first.
+
+    centre=True subtracts each dataset's mean embedding (and renormalises) first: a domain shift moves a
+    whole dataset, which otherwise makes a few A classes the nearest of most B classes (hubs)."""
+    if centre:
+        feats_a, feats_b = _centred(feats_a, feats_a.mean(axis=0)), _centred(feats_b, feats_b.mean(axis=0))
     classes_a, ca = class_centres(feats_a, names_a)
     classes_b, cb = class_centres(feats_b, names_b)
     sim = cb @ ca.T  # [Cb, Ca]
@@ -112,7 +123,7 @@ def _write_candidates(path: Path, rows: list[dict]) -> None:
 
 
 def find_overlap(model_run: str | Path, a: Path, b: Path, out: Path, truth: Path | None = None,
-                 threshold: float = 0.5, merge: Path | None = None) -> dict:
+                 threshold: float = 0.5, merge: Path | None = None, centre: bool = False) -> dict:
     """Embed both folders with the run's model, write candidates.csv and overlap.json to `out` (see module)."""
     from facelab.eval.search import _embed_folder
     from facelab.train.checkpoint import resolve_checkpoint
@@ -121,10 +132,10 @@ def find_overlap(model_run: str | Path, a: Path, b: Path, out: Path, truth: Path
     model, preprocess = load_model(resolve_checkpoint(model_run))
     feats_a, names_a, _ = _embed_folder(model, preprocess, Path(a))
     feats_b, names_b, _ = _embed_folder(model, preprocess, Path(b))
-    rows = candidates(feats_a, names_a, feats_b, names_b)
+    rows = candidates(feats_a, names_a, feats_b, names_b, centre)
     out.mkdir(parents=True, exist_ok=True)
     _write_candidates(out / "candidates.csv", rows)
-    summary: dict = {"a": str(a), "b": str(b), "threshold": threshold,
+    summary: dict = {"a": str(a), "b": str(b), "threshold": threshold, "centre": centre,
                      "called": sum(r["similarity"] >= threshold for r in rows)}
     if truth is not None:
         pairs = read_truth(truth)
