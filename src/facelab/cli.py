@@ -14,6 +14,15 @@ log = logging.getLogger("facelab")
 def _cmd_synth(a: argparse.Namespace) -> int:
     from facelab.data.synthetic import run_synth
 
+    if a.datasets > 1:  # DAIL test bed: several datasets from one identity pool (facelab.data.synthetic.multi)
+        if a.label_noise:
+            raise FacelabError("synth: --label-noise is not implemented together with --datasets")
+        from facelab.data.synthetic.multi import run_multi_synth
+
+        summary = run_multi_synth(a.out, a.datasets, a.identities, a.images_per_identity, a.overlap, a.seed,
+                                  pairs=a.pairs, workers=a.workers)
+        log.info("synthetic datasets in %s: %s", a.out, summary)
+        return 0
     summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers,
                         label_noise=a.label_noise)
     log.info("synthetic data in %s: %s", a.out, summary)
@@ -96,6 +105,21 @@ def _cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_overlap(a: argparse.Namespace) -> int:
+    from facelab.eval.overlap import find_overlap
+
+    s = find_overlap(a.model, a.dataset_a, a.dataset_b, a.out, truth=a.truth, threshold=a.threshold, merge=a.merge,
+                     centre=a.centre)
+    print(f"{s['called']} classes of B called shared with A at cosine >= {s['threshold']}")
+    for key in ("at_threshold", "best_f1"):
+        if key in s:
+            r = s[key]
+            print(f"{key}: threshold {r['threshold']:.3f} precision {r['precision']:.3f} recall {r['recall']:.3f} "
+                  f"F1 {r['f1']:.3f}")
+    print(f"ranked candidates in {a.out}/candidates.csv")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from facelab.demo import run_demo
 
@@ -155,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
                    help="file this fraction of the training photos under a wrong identity (truth: label_noise.csv)")
+    s.add_argument("--datasets", type=int, default=1, help="> 1: that many datasets from one identity pool (DAIL)")
+    s.add_argument("--overlap", type=float, default=0.3, help="with --datasets: fraction of B's identities in A")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("align", help="5-point similarity alignment of a folder of photos")
@@ -222,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label_noise.csv to score the dropped set (default: DATA/../label_noise.csv if present)")
     s.add_argument("--batch-size", type=int, default=256)
     s.set_defaults(func=_cmd_clean)
+    s = sub.add_parser("overlap", help="identities shared by two training sets (class centres), and a merge")
+    s.add_argument("dataset_a", type=Path, help="aligned images, one sub-folder per identity")
+    s.add_argument("dataset_b", type=Path, help="aligned images, one sub-folder per identity")
+    s.add_argument("--model", required=True, help="a run folder or checkpoint whose model embeds the images")
+    s.add_argument("--truth", type=Path, default=None, help="CSV with a_class,b_class columns (synth overlap.csv)")
+    s.add_argument("--threshold", type=float, default=0.5, help="centre cosine from which a pair is shared")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--merge", type=Path, default=None, help="write a merged folder (shared pairs = one class)")
+    s.add_argument("--centre", action="store_true", help="subtract each dataset's mean embedding first (domain shift)")
+    s.set_defaults(func=_cmd_overlap)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")

@@ -37,6 +37,20 @@ class AdaptiveSamplingConfig:
 
 
 @dataclass
+class DatasetEntry:
+    """One training set of a multi-dataset run (DAIL, facelab.data.multi): its own class space, and a
+    sampling weight that fixes its share of every batch."""
+
+    path: str = ""  # image folder or RecordIO (anything facelab.data.open_training_set reads)
+    weight: float = 1.0
+    name: str = ""  # default: the folder name
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "data.datasets[].path", self.path, "is required")
+        _require(0.0 < self.weight < float("inf"), "data.datasets[].weight", self.weight, "must be > 0")
+
+
+@dataclass
 class DataConfig:
     train: str = ""  # folder of aligned images, one sub-folder per identity
     val_pairs: list[str] = field(default_factory=list)  # .bin pair sets evaluated during training
@@ -48,6 +62,13 @@ class DataConfig:
     sampler: str = "uniform"  # uniform | pk (P identities x pk_k images) | siamese (a, b pairs); data/pk_sampler.py
     pk_k: int = 4  # images per identity in a pk batch (batch_size must be a multiple)
     positive_fraction: float = 0.5  # siamese: fraction of same-identity pairs per batch
+    datasets: list[DatasetEntry] = field(default_factory=list)  # multi-dataset training (DAIL); else `train`
+
+    def __post_init__(self) -> None:
+        if self.train and self.datasets:
+            raise FacelabError("config data.datasets: give data.train or data.datasets, not both")
+        _require(not (self.datasets and self.adaptive_sampling.enabled), "data.adaptive_sampling.enabled", True,
+                 "is not implemented with data.datasets")
 
 
 @dataclass
@@ -80,10 +101,16 @@ class HeadConfig:
     sub_centers: int | None = None  # class sub-centres K; None: the margin's default (3 for subcenter_arcface)
     hard_prototypes: int = 0  # AdaptiveFace Hard Prototype Mining: k nearest prototypes per class; 0: off
     sample_rate: float = 1.0  # Partial FC: share of each shard's classes in a step's softmax; 1.0: all
+    dataset_aware: bool = False  # DAIL: each sample's softmax over its own dataset's classes (data.datasets)
+    crossing_dropout: float = 0.0  # DAIL: probability that an other-dataset class joins the denominator
 
     def __post_init__(self) -> None:
         _require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes, "must be >= 0")
         _require(0.0 < self.sample_rate <= 1.0, "head.sample_rate", self.sample_rate, "must be in (0, 1]")
+        _require(0.0 <= self.crossing_dropout <= 1.0, "head.crossing_dropout", self.crossing_dropout,
+                 "must be in [0, 1]")
+        _require(self.dataset_aware or not self.crossing_dropout, "head.crossing_dropout", self.crossing_dropout,
+                 "needs head.dataset_aware: true")
 
 
 @dataclass
@@ -183,6 +210,27 @@ class DistillConfig:
 
 
 @dataclass
+class InvarianceConfig:
+    """DAIL dataset-invariant learning (facelab.train.dail): a dataset classifier on the embedding behind a
+    gradient reversal layer; weight 0 disables it. Before `adversarial_from` it learns on detached features
+    (stage 1); from that step on its gradient reaches the embedding reversed, times λ (stage 2)."""
+
+    weight: float = 0.0  # weight of the dataset classifier's cross-entropy; 0: off
+    grl_lambda: float = 1.0  # λ reached after the warm-up
+    warmup_steps: int = 100  # DANN ramp of λ from 0, starting at adversarial_from
+    adversarial_from: int = 0  # first step of stage 2 (0: adversarial from the start)
+    hidden: int = 0  # hidden width of the dataset classifier; 0: linear
+
+    def __post_init__(self) -> None:
+        key = "dail."
+        _require(0.0 <= self.weight < float("inf"), key + "weight", self.weight, "must be a finite number >= 0")
+        _require(0.0 <= self.grl_lambda < float("inf"), key + "grl_lambda", self.grl_lambda, "must be >= 0")
+        _require(self.warmup_steps >= 0, key + "warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(self.adversarial_from >= 0, key + "adversarial_from", self.adversarial_from, "must be >= 0")
+        _require(self.hidden >= 0, key + "hidden", self.hidden, "must be >= 0")
+
+
+@dataclass
 class Config:
     name: str = "run"
     output: str = "runs/run"
@@ -196,6 +244,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     objective: str = "head"  # head | pairs (pair loss alone, no classifier head) | head+pairs
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    dail: InvarianceConfig = field(default_factory=InvarianceConfig)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -218,6 +267,8 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise FacelabError(f"config {key}: expected a mapping, got {value!r}")
         return dict(value)
+    if dataclasses.is_dataclass(tp):  # e.g. the items of data.datasets
+        return _build(tp, value, key + ".")
     if tp is Any:
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):

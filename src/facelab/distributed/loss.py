@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from facelab.distributed.ops import all_reduce_max, all_reduce_sum, gather_rows, replicated_loss, world
+from facelab.heads.dataset_mask import logit_columns
 
 
 def sharded_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -35,6 +36,8 @@ def sharded_forward(head: nn.Module, embeddings: Tensor, labels: Tensor) -> tupl
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         logits = head.margin(c)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [N·b, C_local], >= float32
+        if head.dataset_mask is not None:  # DAIL: this shard's other-dataset columns leave the softmax
+            logits = head.dataset_mask(logits, y, logit_columns(head.classifier))
         ce = sharded_cross_entropy(logits, c.labels)
         losses = {"loss": ce, "ce": ce}
         reg = head.margin.regularizer(c)

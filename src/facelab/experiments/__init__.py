@@ -10,3 +10,4 @@ EXPERIMENTS: dict[str, str] = {}  # name -> module, e.g. "heads": "facelab.exper
 EXPERIMENTS["heads"] = "facelab.experiments.heads"
 EXPERIMENTS["ddl"] = "facelab.experiments.ddl"
 EXPERIMENTS["pairs"] = "facelab.experiments.pairs"
+EXPERIMENTS["dail"] = "facelab.experiments.dail"

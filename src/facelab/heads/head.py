@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from facelab.errors import FacelabError
 from facelab.heads.classifier import Classifier
+from facelab.heads.dataset_mask import DatasetMask, logit_columns
 from facelab.heads.margins import MARGINS, build_margin, margin_parameters
 from facelab.heads.margins.base import Margin
 
@@ -28,6 +29,7 @@ class FaceHead(nn.Module):
                 f"head: margin '{margin.name}' needs a classifier with per-class margins (class_margins=(low, high))"
             )
         self.classifier, self.margin = classifier, margin
+        self.dataset_mask: DatasetMask | None = None  # DAIL dataset-aware softmax (set by FaceTask); None: off
 
     def forward_with_logits(self, embeddings: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The loss dict and the logits [B, C_local] that entered the cross-entropy (for accuracy logging)."""
@@ -39,6 +41,8 @@ class FaceHead(nn.Module):
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             logits = self.margin(c)
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [B, C_local], >= float32
+            if self.dataset_mask is not None:  # DAIL: other datasets' columns leave each sample's softmax
+                logits = self.dataset_mask(logits, labels, logit_columns(self.classifier))
             ce = F.cross_entropy(logits, c.labels)
             losses = {"loss": ce, "ce": ce}
             reg = self.margin.regularizer(c)

@@ -11,8 +11,8 @@ import yaml
 from tqdm import tqdm
 
 from facelab.config import Config, check_choice, config_to_dict
-from facelab.data import open_training_set
 from facelab.data.loader import make_loader, to_device
+from facelab.data.multi import dataset_sampler, open_training_data
 from facelab.data.pairsets import load_bin
 from facelab.data.pk_sampler import build_label_sampler
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
@@ -146,10 +146,12 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
 
-    dataset = open_training_set(cfg.data.train, preload=cfg.data.preload)
+    dataset = open_training_data(cfg.data, preload=cfg.data.preload)  # data.train, or data.datasets (DAIL)
     val_sets = {Path(p).stem: load_bin(p) for p in cfg.data.val_pairs}
     preprocess = {**PREPROCESS_DEFAULT, "size": int(dataset[0][0].shape[-1])}
-    task = FaceTask(cfg, dataset.num_classes, preprocess, shard=(env.rank, env.world_size)).to(device)
+    offsets = getattr(dataset, "offsets", None)  # multi-dataset class offsets (DAIL); None for one dataset
+    task = FaceTask(cfg, dataset.num_classes, preprocess, shard=(env.rank, env.world_size), offsets=offsets)
+    task = task.to(device)
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
     task.parallel = dist_env.wrap_backbone(task.backbone, env)
@@ -157,6 +159,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     sampler = build_label_sampler(dataset.labels, cfg, env.rank, env.world_size)  # data.sampler pk | siamese
+    if sampler is None and cfg.data.datasets:  # a fixed share of every batch per dataset (DAIL)
+        sampler = dataset_sampler(dataset, cfg.data, cfg.seed, env.rank, env.world_size)
     if sampler is None:  # uniform / adaptive
         sampler = _sampler(len(dataset), cfg, env)
     plots = None
@@ -180,7 +184,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         log.info("resumed %s at step %d", run, step)
     resume_step = step if resume else None
     logger = RunLogger(run, cfg.train.tensorboard, resume_step) if env.main else dist_env.NullLogger()
-    per_epoch = len(dataset) // cfg.data.batch_size
+    per_epoch = len(sampler)  # batches per epoch (a new sampler starts at batch 0)
     quiet = not (cfg.train.progress and env.main) or None
     bar = tqdm(total=cfg.train.steps, initial=step, disable=quiet, desc=cfg.name)
     train_seconds, train_images = 0.0, 0
@@ -197,6 +201,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         for images, labels, *rest in loader:  # rest: [] or [extras dict] (see facelab.train.task)
             images, labels, *rest = to_device([images, labels, *rest], device)
             extras = rest[0] if rest else {}
+            task.set_step(step)  # step-scheduled objectives (DAIL's GRL) and the crossing-dropout draw
             with _autocast(device, cfg.train.amp):
                 losses = task(images, labels, **extras)
             pending.append(losses["loss"].detach())

@@ -25,13 +25,16 @@ from facelab.errors import FacelabError
 from facelab.heads import build_head
 from facelab.losses.pairs import NoHead, build_objectives
 from facelab.train.checkpoint import load_checkpoint
+from facelab.train.dail import attach_dail
 
 
 class FaceTask(nn.Module):
     """images uint8 [B, 3, H, W] + labels [B] -> {"loss": total, "ce": ..., ...}."""
 
-    def __init__(self, cfg: Config, num_classes: int, preprocess: dict, shard: tuple[int, int] = (0, 1)) -> None:
-        """shard: (rank, world_size) of a multi-process run; the classifier holds that rank's classes."""
+    def __init__(self, cfg: Config, num_classes: int, preprocess: dict, shard: tuple[int, int] = (0, 1),
+                 offsets: list[int] | None = None) -> None:
+        """shard: (rank, world_size) of a multi-process run; the classifier holds that rank's classes.
+        offsets: [D + 1] first class of each dataset of a multi-dataset run (facelab.data.multi); else None."""
         super().__init__()
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
@@ -60,6 +63,13 @@ class FaceTask(nn.Module):
         self.parallel: tuple[nn.Module, ...] = ()  # (DDP-wrapped backbone,) in a multi-process run; not a submodule
         if cfg.distill.name == "ddl":  # DDL between easy and hard images (facelab.distill)
             self.objectives["ddl"] = build_objective(cfg.distill)
+        attach_dail(self, cfg, offsets)  # DAIL dataset mask and dataset classifier, when configured
+
+    def set_step(self, step: int) -> None:
+        """Tell step-scheduled parts (objectives, the DAIL dataset mask's dropout draw) the training step."""
+        for part in [*self.objectives.values(), getattr(self.head, "dataset_mask", None)]:
+            if hasattr(part, "step"):
+                part.step = step
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = (self.parallel or (self.backbone,))[0](to_input(images, self.preprocess))  # [B, d]

@@ -1,0 +1,147 @@
+"""Find identities shared by two training sets (the overlap DAIL tolerates, arXiv 2101.05419), and merge them.
+
+Both image folders are embedded with a trained model (flip-fused, L2-normalised). Class centre = mean of
+the normalised embeddings of a class, normalised again. For every class b of B, its best A class
+a*(b) = argmax_a cos(centre_b, centre_a) is the candidate; the candidates ranked by that cosine go to
+candidates.csv, with a sample-level check: the fraction of b's images whose nearest A centre is a*(b).
+A candidate is called shared when its cosine >= threshold. With a ground-truth CSV (a_class, b_class
+columns, e.g. the overlap.csv of `facelab synth --datasets 2`), precision and recall at the threshold and
+the threshold of the best F1 are reported in overlap.json. `merge_folders` writes one folder in which
+every shared pair is one class.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from facelab.errors import FacelabError
+from facelab.eval.report import write_json_atomic
+from facelab.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def class_centres(feats: np.ndarray, names: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(class names sorted, unit centres [C, d]) of normalised embeddings feats [N, d] with a class per row."""
+    classes = sorted(set(names.tolist()))
+    centres = np.stack([feats[names == c].mean(axis=0) for c in classes])  # [C, d]
+    return classes, centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+
+
+def _centred(feats: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    x = feats - mean
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def candidates(feats_a: np.ndarray, names_a: np.ndarray, feats_b: np.ndarray, names_b: np.ndarray,
+               centre: bool = False) -> list[dict]:
+    """One row per class of B: its best A class, their centre cosine, the sample agreement; best first.
+
+    centre=True subtracts each dataset's mean embedding (and renormalises) first: a domain shift moves a
+    whole dataset, which otherwise makes a few A classes the nearest of most B classes (hubs)."""
+    if centre:
+        feats_a, feats_b = _centred(feats_a, feats_a.mean(axis=0)), _centred(feats_b, feats_b.mean(axis=0))
+    classes_a, ca = class_centres(feats_a, names_a)
+    classes_b, cb = class_centres(feats_b, names_b)
+    sim = cb @ ca.T  # [Cb, Ca]
+    nearest = (feats_b @ ca.T).argmax(axis=1)  # [Nb] nearest A centre of every B image
+    rows = []
+    for i, b in enumerate(classes_b):
+        j = int(sim[i].argmax())
+        mine = names_b == b
+        rows.append({"b_class": b, "a_class": classes_a[j], "similarity": float(sim[i, j]),
+                     "sample_agreement": float((nearest[mine] == j).mean())})
+    return sorted(rows, key=lambda r: -r["similarity"])
+
+
+def read_truth(path: Path) -> set[tuple[str, str]]:
+    """{(a_class, b_class)} from a CSV with those columns."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise FacelabError(f"{path}: cannot read the overlap truth ({e.strerror})") from None
+    if rows and not {"a_class", "b_class"} <= set(rows[0]):
+        raise FacelabError(f"{path}: the overlap truth needs a_class and b_class columns, has {list(rows[0])}")
+    return {(r["a_class"], r["b_class"]) for r in rows}
+
+
+def precision_recall(rows: list[dict], truth: set[tuple[str, str]], threshold: float) -> dict:
+    """Precision, recall and F1 of the candidates with similarity >= threshold."""
+    called = {(r["a_class"], r["b_class"]) for r in rows if r["similarity"] >= threshold}
+    hits = len(called & truth)
+    p = hits / len(called) if called else 1.0
+    r = hits / len(truth) if truth else 1.0
+    return {"threshold": threshold, "called": len(called), "true": hits, "precision": p, "recall": r,
+            "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def best_f1(rows: list[dict], truth: set[tuple[str, str]]) -> dict:
+    """precision_recall at the candidate similarity with the highest F1 (ties: the higher threshold)."""
+    best = precision_recall(rows, truth, float("inf"))
+    for t in sorted({r["similarity"] for r in rows}, reverse=True):
+        result = precision_recall(rows, truth, t)
+        if result["f1"] > best["f1"]:
+            best = result
+    return best
+
+
+def merge_folders(a: Path, b: Path, rows: list[dict], threshold: float, out: Path) -> dict:
+    """Copy A's classes as A_<class> and B's as B_<class>, except that a B class called shared with A class
+    a goes into A_<a> (file names prefixed B_<class>_). Written to a temporary folder, then renamed."""
+    if out.exists():
+        raise FacelabError(f"{out}: exists; choose a new folder for the merged set")
+    shared = {r["b_class"]: r["a_class"] for r in rows if r["similarity"] >= threshold}
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for cls in sorted(p for p in a.iterdir() if p.is_dir()):
+        shutil.copytree(cls, tmp / f"A_{cls.name}")
+    for cls in sorted(p for p in b.iterdir() if p.is_dir()):
+        target = tmp / (f"A_{shared[cls.name]}" if cls.name in shared else f"B_{cls.name}")
+        target.mkdir(parents=True, exist_ok=True)
+        prefix = f"B_{cls.name}_" if cls.name in shared else ""
+        for f in sorted(cls.iterdir()):
+            shutil.copy2(f, target / f"{prefix}{f.name}")
+    tmp.rename(out)
+    return {"merged_pairs": len(shared), "classes": sum(1 for p in out.iterdir() if p.is_dir())}
+
+
+def _write_candidates(path: Path, rows: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, ["b_class", "a_class", "similarity", "sample_agreement"], lineterminator="\n")
+            w.writeheader()
+            w.writerows({**r, "similarity": f"{r['similarity']:.4f}",
+                         "sample_agreement": f"{r['sample_agreement']:.3f}"} for r in rows)
+
+    write_atomic(path, write)
+
+
+def find_overlap(model_run: str | Path, a: Path, b: Path, out: Path, truth: Path | None = None,
+                 threshold: float = 0.5, merge: Path | None = None, centre: bool = False) -> dict:
+    """Embed both folders with the run's model, write candidates.csv and overlap.json to `out` (see module)."""
+    from facelab.eval.search import _embed_folder
+    from facelab.train.checkpoint import resolve_checkpoint
+    from facelab.train.task import load_model
+
+    model, preprocess = load_model(resolve_checkpoint(model_run))
+    feats_a, names_a, _ = _embed_folder(model, preprocess, Path(a))
+    feats_b, names_b, _ = _embed_folder(model, preprocess, Path(b))
+    rows = candidates(feats_a, names_a, feats_b, names_b, centre)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_candidates(out / "candidates.csv", rows)
+    summary: dict = {"a": str(a), "b": str(b), "threshold": threshold, "centre": centre,
+                     "called": sum(r["similarity"] >= threshold for r in rows)}
+    if truth is not None:
+        pairs = read_truth(truth)
+        summary["at_threshold"] = precision_recall(rows, pairs, threshold)
+        summary["best_f1"] = best_f1(rows, pairs)
+    if merge is not None:
+        summary["merge"] = {"out": str(merge), **merge_folders(Path(a), Path(b), rows, threshold, Path(merge))}
+    write_json_atomic(out / "overlap.json", summary)
+    return summary

@@ -1,0 +1,109 @@
+"""DAIL dataset-aware softmax and crossing dropout: the head's loss against a per-sample loop over columns."""
+
+import math
+
+import pytest
+import torch
+
+from facelab.errors import FacelabError
+from facelab.heads import Classifier, build_head
+from facelab.heads.dataset_mask import DatasetMask, logit_columns
+
+OFFSETS = [0, 3, 7, 10]  # datasets of 3, 4 and 3 classes
+
+
+def dataset_by_loop(c):
+    return next(d for d in range(len(OFFSETS) - 1) if OFFSETS[d] <= c < OFFSETS[d + 1])
+
+
+def loop_loss(logits, labels, allowed):
+    """mean_i -log softmax over exactly the columns allowed[i] (a list), per sample in torch."""
+    terms = []
+    for i, y in enumerate(labels.tolist()):
+        cols = torch.tensor(allowed[i])
+        terms.append(torch.logsumexp(logits[i, cols], dim=0) - logits[i, y])
+    return torch.stack(terms).mean()
+
+
+def setup(margin, kwargs, p=0.0, seed=0):
+    torch.manual_seed(seed)
+    head = build_head(margin, 6, 10, **kwargs)
+    head.dataset_mask = DatasetMask(OFFSETS, p, seed=3)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 6, generator=g, requires_grad=True)
+    labels = torch.randint(0, 10, (12,), generator=g)
+    return head, x, labels
+
+
+MARGINS = [("softmax", {}), ("arcface", {"s": 16.0, "m": 0.5}), ("cosface", {"s": 8.0}),
+           ("combined", {"s": 16.0}), ("subcenter_arcface", {"s": 16.0})]
+
+
+@pytest.mark.parametrize(("margin", "kwargs"), MARGINS)
+def test_softmax_runs_over_own_dataset_only(margin, kwargs):
+    head, x, labels = setup(margin, kwargs)
+    loss = head(x, labels)["ce"]
+    gx, gw = torch.autograd.grad(loss, [x, head.classifier.weight])
+    raw = head.margin(head.classifier(x, labels)).float()  # the margin's logits, no mask
+    allowed = [[j for j in range(10) if dataset_by_loop(j) == dataset_by_loop(y)] for y in labels.tolist()]
+    expected = loop_loss(raw, labels, allowed)
+    ex, ew = torch.autograd.grad(expected, [x, head.classifier.weight])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(gx, ex, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, ew, rtol=1e-4, atol=1e-5)
+    plain = torch.nn.functional.cross_entropy(raw, labels)
+    assert plain.item() > loss.item()  # the other datasets' classes no longer push the sample away
+
+
+@pytest.mark.parametrize(("margin", "kwargs"), MARGINS[:3])
+def test_crossing_dropout_adds_the_drawn_columns(margin, kwargs):
+    head, x, labels = setup(margin, kwargs, p=0.3)
+    head.dataset_mask.step = 5
+    loss = head(x, labels)["ce"]
+    gx, = torch.autograd.grad(loss, [x])
+    keep = head.dataset_mask.keep(labels, torch.arange(10))  # the same draw (seed, step): deterministic
+    raw = head.margin(head.classifier(x, labels)).float()
+    allowed = [[j for j in range(10) if keep[i, j]] for i in range(12)]
+    for i, y in enumerate(labels.tolist()):  # own dataset always in; some other-dataset columns too
+        assert all(keep[i, j] for j in range(10) if dataset_by_loop(j) == dataset_by_loop(y))
+    expected = loop_loss(raw, labels, allowed)
+    ex, = torch.autograd.grad(expected, [x])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(gx, ex, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_draw_rate_seed_and_step():
+    mask = DatasetMask(OFFSETS, 0.2, seed=1)
+    labels = torch.zeros(4000, dtype=torch.int64)  # dataset 0: columns 3..9 are other-dataset
+    keep = mask.keep(labels, torch.arange(10))
+    rate = keep[:, 3:].float().mean().item()
+    assert abs(rate - 0.2) < 4 * math.sqrt(0.2 * 0.8 / keep[:, 3:].numel())
+    assert torch.equal(keep, mask.keep(labels, torch.arange(10)))  # same seed and step: same draw
+    mask.step = 1
+    assert not torch.equal(keep, mask.keep(labels, torch.arange(10)))
+    assert DatasetMask(OFFSETS, 1.0).keep(labels, torch.arange(10)).all()  # p = 1: the plain softmax
+
+
+def test_mask_uses_global_ids_of_a_shard_and_of_mined_columns():
+    shard = Classifier(6, 10, rank=1, world_size=2)  # holds classes [5, 10)
+    cols = logit_columns(shard)
+    assert cols.tolist() == [5, 6, 7, 8, 9]
+    keep = DatasetMask(OFFSETS).keep(torch.tensor([0, 4, 8]), cols)
+    expected = [[dataset_by_loop(c) == dataset_by_loop(y) for c in cols.tolist()] for y in (0, 4, 8)]
+    assert keep.tolist() == expected
+    head, x, labels = setup("arcface", {"s": 16.0})
+    head.classifier.hard_prototypes = 2
+    loss = head(x, labels)["ce"]
+    columns = head.classifier.columns.tolist()
+    raw = head.margin(head.classifier(x, labels)).float()  # same mining (same weights and labels)
+    local = {c: k for k, c in enumerate(columns)}
+    allowed = [[local[c] for c in columns if dataset_by_loop(c) == dataset_by_loop(y)] for y in labels.tolist()]
+    expected = loop_loss(raw, torch.tensor([local[y] for y in labels.tolist()]), allowed)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bad_offsets_are_refused():
+    with pytest.raises(FacelabError, match="offsets"):
+        DatasetMask([0, 3, 3])
+    with pytest.raises(FacelabError, match="crossing_dropout"):
+        DatasetMask(OFFSETS, 1.5)
