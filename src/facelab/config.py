@@ -69,6 +69,8 @@ class DataConfig:
             raise FacelabError("config data.datasets: give data.train or data.datasets, not both")
         _require(not (self.datasets and self.adaptive_sampling.enabled), "data.adaptive_sampling.enabled", True,
                  "is not implemented with data.datasets")
+        _require(not (self.datasets and self.sampler != "uniform"), "data.sampler", self.sampler,
+                 "is not implemented with data.datasets (their sampler gives each dataset a fixed batch share)")
 
 
 @dataclass

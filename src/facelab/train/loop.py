@@ -158,11 +158,10 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    sampler = build_label_sampler(dataset.labels, cfg, env.rank, env.world_size)  # data.sampler pk | siamese
-    if sampler is None and cfg.data.datasets:  # a fixed share of every batch per dataset (DAIL)
+    if cfg.data.datasets:  # a fixed share of every batch per dataset (DAIL)
         sampler = dataset_sampler(dataset, cfg.data, cfg.seed, env.rank, env.world_size)
-    if sampler is None:  # uniform / adaptive
-        sampler = _sampler(len(dataset), cfg, env)
+    else:  # data.sampler pk | siamese, else uniform / adaptive
+        sampler = build_label_sampler(dataset.labels, cfg, env.rank, env.world_size) or _sampler(len(dataset), cfg, env)
     plots = None
     if cfg.distill.name != "none":  # easy and hard images of the same identities per batch (facelab.distill)
         dataset, sampler, plots = distill_data(dataset, cfg, env)
