@@ -12,9 +12,9 @@ noise.py      --label-noise: a seeded fraction of training photos filed under a 
 Calibration (seed 0, 400 training identities x 20 photos, 3000 pairs per set; identity.SPREAD = 1.0,
 identity.TEXTURE = 1.5; mixed yaw sd 18 deg, occlusion 5%; lowres face width 5-9 px), 10-fold accuracy:
   raw aligned pixels (mean-centred cosine)             synth-lfw 62.7%  cfp 54.9%  lowres 61.7%
-  `tiny` backbone, ArcFace s=32 m=0.5, 600 steps       synth-lfw 97.5/97.6%  cfp 79.9/81.1%  lowres 86.1/87.6%
+  `tiny` backbone, ArcFace s=32 m=0.5, 600 steps       synth-lfw 97.2%  cfp 79.4%  lowres 87.6%  (`facelab demo`)
   4-stage CNN (stride-2 stem), same head, 500 steps    synth-lfw 95.9%  cfp 83.1%  lowres 87.1%
-  (batch 128, SGD 0.1 cosine, flip, flip-fused embeddings; about 150 s on 2 CPU cores; two seeds for tiny)
+  (batch 128, SGD 0.1 cosine, flip, flip-fused embeddings; about 150-250 s of training on 2 CPU cores)
 Speed: 1000 x 20 photos in about 40 s on 2 cores (2 workers), 53 s with the three 3000-pair sets.
 Changing the generator changes these: re-measure them (and bump dataset.VERSION).
 """
