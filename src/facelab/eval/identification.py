@@ -113,6 +113,13 @@ def search(
     block = block or max(1, (1 << 24) // len(gallery))
     mate, rank, top = _search_blocks(probes, probe_ids, gallery, gallery_ids, block)
     mated = np.isin(probe_ids, gallery_ids)
+    return identification_metrics(mate, rank, top, mated, len(gallery), ranks, fpirs)
+
+
+def identification_metrics(mate: np.ndarray, rank: np.ndarray, top: np.ndarray, mated: np.ndarray,
+                           gallery_size: int, ranks: Sequence[int], fpirs: Sequence[float]) -> dict:
+    """CMC and TPIR@FPIR from per-probe results [P]: best mate score (-inf when absent), its rank, the top
+    score of the whole gallery, and whether the probe's identity is enrolled (the open-set split)."""
     nm_top = top[~mated]
     cmc = {str(k): (float(np.mean(rank[mated] <= k)) if mated.any() else None) for k in ranks}
     tpir, achieved, thresholds = {}, {}, {}
@@ -126,10 +133,10 @@ def search(
         tpir[key], achieved[key] = float(hit.mean()), float(np.mean(nm_top > t))
         thresholds[key] = t if np.isfinite(t) else None  # None: every non-mated search may alarm
     return {
-        "probes": int(len(probes)),
+        "probes": int(len(rank)),
         "mated": int(mated.sum()),
         "non_mated": int((~mated).sum()),
-        "gallery": int(len(gallery)),
+        "gallery": int(gallery_size),
         "cmc": cmc,
         "tpir_at_fpir": tpir,
         "fpir_achieved": achieved,

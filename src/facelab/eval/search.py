@@ -26,7 +26,7 @@ import numpy as np
 
 from facelab.errors import FacelabError
 from facelab.eval import identification
-from facelab.eval.identification import _fpir_threshold
+from facelab.eval.identification import identification_metrics
 from facelab.io import write_atomic
 
 log = logging.getLogger(__name__)
@@ -242,20 +242,7 @@ def _metrics_from_topk(index: GalleryIndex, probes: np.ndarray, probe_ids: np.nd
     mate, rank = _ranks_from_topk(top_ids, scores, probe_ids)
     top = scores[:, 0].astype(np.float64)
     mated = np.isin(probe_ids, index.ids)
-    cmc = {str(k): (float(np.mean(rank[mated] <= k)) if mated.any() else None) for k in ranks}
-    tpir, achieved, thresholds = {}, {}, {}
-    for f in fpirs:
-        key = f"{f:g}"
-        if mated.all() or not mated.any():
-            tpir[key] = achieved[key] = thresholds[key] = None
-            continue
-        t = _fpir_threshold(top[~mated], f)
-        tpir[key] = float(np.mean((rank[mated] == 1) & (mate[mated] > t)))
-        achieved[key] = float(np.mean(top[~mated] > t))
-        thresholds[key] = t if np.isfinite(t) else None
-    counts = {"probes": len(probes), "mated": int(mated.sum()), "non_mated": int((~mated).sum())}
-    counts["gallery"] = len(index)
-    return {**counts, "cmc": cmc, "tpir_at_fpir": tpir, "fpir_achieved": achieved, "threshold": thresholds}
+    return identification_metrics(mate, rank, top, mated, len(index), ranks, fpirs)
 
 
 def evaluate_search(
