@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
+from facelab.data.samplers import ResumableBatchSampler
 from facelab.errors import FacelabError
 
 
@@ -75,7 +76,7 @@ def batch_shares(weights: Sequence[float], batch_size: int) -> list[int]:
     return shares.tolist()
 
 
-class DatasetShareSampler(Sampler[list[tuple[int, bool]]]):
+class DatasetShareSampler(ResumableBatchSampler):
     """Batches with a fixed share of each dataset (global indices of a `UnionDataset`), this rank's part.
 
     Epoch e draws a permutation of every dataset from (seed, e, d); global batch b takes images
@@ -105,9 +106,6 @@ class DatasetShareSampler(Sampler[list[tuple[int, bool]]]):
     @property
     def batches_per_epoch(self) -> int:
         return min(n // k for n, k in zip(self.sizes, self.shares, strict=True))
-
-    def set_position(self, epoch: int, batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch

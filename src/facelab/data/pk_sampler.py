@@ -10,9 +10,9 @@ num_samples // batch_size batches (as the uniform sampler, so the loop's step ->
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from facelab.config import Config, check_choice
+from facelab.data.samplers import ResumableBatchSampler
 from facelab.errors import FacelabError
 
 
@@ -24,7 +24,7 @@ def _by_identity(labels: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds) if len(order) else []
 
 
-class _LabelSampler(Sampler[list[tuple[int, bool]]]):
+class _LabelSampler(ResumableBatchSampler):
     """Shared position, length and rank-share logic; subclasses fill `_epoch_batches(rng)` [n, B] indices."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int, flip: bool, rank: int, world_size: int,
@@ -39,12 +39,6 @@ class _LabelSampler(Sampler[list[tuple[int, bool]]]):
             raise ValueError(f"batch size {batch_size} exceeds the {self.num_samples} training images")
         self.seed, self.flip, self.rank, self.world_size = seed, flip, rank, world_size
         self.epoch, self.start_batch = 0, 0
-
-    def set_position(self, epoch: int, batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, batch
-
-    def __len__(self) -> int:
-        return self.num_samples // self.batch_size - self.start_batch
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
         rng = np.random.default_rng([self.seed, self.epoch])

@@ -20,7 +20,24 @@ def rank_share(batch_size: int, rank: int, world_size: int) -> slice:
     return slice(rank * share, (rank + 1) * share)
 
 
-class EpochBatchSampler(Sampler[list[tuple[int, bool]]]):
+class ResumableBatchSampler(Sampler):
+    """What the loop relies on in every batch sampler: an epoch of num_samples // batch_size batches
+    (so step -> (epoch, batch) is one formula), `set_position(epoch, batch)` to resume mid-epoch, and
+    `__len__` = the batches left in the current epoch. Subclasses set the four attributes and `__iter__`."""
+
+    num_samples: int
+    batch_size: int
+    epoch: int = 0
+    start_batch: int = 0
+
+    def set_position(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, batch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.batch_size - self.start_batch
+
+
+class EpochBatchSampler(ResumableBatchSampler):
     """Shuffled batches of (index, flip) items; drop_last. `set_position(epoch, batch)` resumes mid-epoch."""
 
     def __init__(
@@ -32,12 +49,6 @@ class EpochBatchSampler(Sampler[list[tuple[int, bool]]]):
         self.share = rank_share(batch_size, rank, world_size)
         self.epoch, self.start_batch = 0, 0
 
-    def set_position(self, epoch: int, batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, batch
-
-    def __len__(self) -> int:
-        return self.num_samples // self.batch_size - self.start_batch
-
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.num_samples)
@@ -47,7 +58,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, bool]]]):
             yield [(int(i), bool(f)) for i, f in zip(order[sl], flips[sl], strict=True)][self.share]
 
 
-class AdaptiveBatchSampler(Sampler[list[tuple[int, bool]]]):
+class AdaptiveBatchSampler(ResumableBatchSampler):
     """AdaptiveFace's Adaptive Data Sampling (Liu et al. 2019, Sec. 3.3): images are drawn with probability
     proportional to a per-image weight that the trainer's feedback raises for misclassified images and
     lowers for correct ones, so training dwells on the hard ones.
@@ -102,9 +113,6 @@ class AdaptiveBatchSampler(Sampler[list[tuple[int, bool]]]):
             self.epoch_weights, self.drawn_epoch = self.weights.copy(), epoch
         self.epoch, self.start_batch = epoch, batch
         self._draw()
-
-    def __len__(self) -> int:
-        return self.num_samples // self.batch_size - self.start_batch
 
     def batch(self, b: int) -> list[tuple[int, bool]]:
         """Batch `b` of the current epoch as (index, flip) items."""

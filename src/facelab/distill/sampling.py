@@ -16,9 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from facelab.config import DistillConfig
+from facelab.data.samplers import ResumableBatchSampler
 from facelab.errors import FacelabError
 from facelab.io import decode_image, encode_image
 
@@ -90,7 +91,7 @@ class DistillDataset(Dataset):
         return image, label, {"ddl_group": torch.tensor(group, dtype=torch.int64)}
 
 
-class DDLBatchSampler(Sampler[list[Item]]):
+class DDLBatchSampler(ResumableBatchSampler):
     """Batches of `identities` units: a unit is `n_easy` easy and `n_hard` hard images of one identity
     (distinct images) followed by batch_size / identities - n_easy - n_hard random filler images.
 
@@ -120,12 +121,6 @@ class DDLBatchSampler(Sampler[list[Item]]):
         if self.num_samples < batch_size or len(self.filler) < identities * self.fill:
             raise ValueError(f"batch size {batch_size} exceeds the {len(self.filler)} training images")
         self.epoch, self.start_batch = 0, 0
-
-    def set_position(self, epoch: int, batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, batch
-
-    def __len__(self) -> int:
-        return self.num_samples // self.batch_size - self.start_batch
 
     def batch(self, b: int) -> list[Item]:
         """This rank's share of global batch `b` of the current epoch."""
