@@ -16,7 +16,7 @@ exported model's preprocessing exactly as against a checkpoint's (facelab.eval.m
 Every export is checked before it is written: onnxruntime and torch embed seeded random batches of 2 and 3
 (the second proves the dynamic batch axis); the largest difference of the L2-normalised embeddings must stay
 within TOLERANCE, else nothing is written. The exporter is torch's torch.export-based one (`dynamo=True`, needs
-onnxscript): the TorchScript-based one is deprecated since torch 2.9.
+onnxscript): the TorchScript-based one is deprecated (torch 2.13 warns that it will be removed).
 """
 
 from __future__ import annotations
