@@ -248,3 +248,16 @@ def test_backbones_export(tmp_path, backbone, groups):
     result = E.export_onnx(tmp_path / "run", tmp_path / "m.onnx")
     assert result["max_abs_diff"] <= E.TOLERANCE and result["metadata"]["groupface_groups"] == str(groups)
     assert load_model(tmp_path / "m.onnx")[0](torch.zeros(1, 3, 112, 112)).shape == (1, 8)
+
+
+def test_missing_onnxruntime_says_how_to_install(exported, monkeypatch):
+    real = E.importlib.import_module
+
+    def without_ort(name, *a):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real(name, *a)
+
+    monkeypatch.setattr(E.importlib, "import_module", without_ort)
+    with pytest.raises(FacelabError, match=r"onnxruntime is not installed.*pip install 'facelab\[export\]'"):
+        load_model(exported[1])
