@@ -9,6 +9,7 @@ from pathlib import Path
 from facelab.errors import FacelabError
 
 log = logging.getLogger("facelab")
+_MODEL_HELP = "a checkpoint file, a run folder or an exported .onnx model (facelab export)"
 
 
 def _cmd_synth(a: argparse.Namespace) -> int:
@@ -120,6 +121,13 @@ def _cmd_overlap(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from facelab.export import export_onnx
+
+    export_onnx(a.run, a.out, opset=a.opset)  # logs the file, its size and the torch vs onnxruntime difference
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from facelab.demo import run_demo
 
@@ -205,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in the config's output folder")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("eval", help="pair verification of a checkpoint on .bin sets")
-    s.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    s = sub.add_parser("eval", help="pair verification of a checkpoint or exported model on .bin sets")
+    s.add_argument("checkpoint", help=_MODEL_HELP)
     s.add_argument("--pairs", nargs="+", type=Path, default=[], help=".bin pair sets (insightface format)")
     s.add_argument("--lfw", nargs=2, type=Path, metavar=("PAIRS_TXT", "ALIGNED_DIR"), help="LFW pairs.txt protocol")
     s.add_argument("--threshold-rule", choices=["insightface", "exact"], default="insightface",
@@ -218,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_eval)
 
-    s = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification and 1:N identification of a checkpoint")
-    s.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    s = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification and 1:N identification of a checkpoint or "
+                       "exported model")
+    s.add_argument("checkpoint", help=_MODEL_HELP)
     s.add_argument("root", type=Path, help="folder holding meta/ and loose_crop/")
     s.add_argument("--dataset", choices=["IJBB", "IJBC"], default=None, help="default: from the meta file names")
     s.add_argument("--modes", nargs="+", default=["N0D1F1"], help="N/D/F modes, e.g. N0D1F1 N1D0F0")
@@ -230,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_ijb)
 
     s = sub.add_parser("search", help="1:N search of probe images against a gallery (FAISS index)")
-    s.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    s.add_argument("checkpoint", help=_MODEL_HELP)
     s.add_argument("--gallery", type=Path, required=True, help="aligned images, one sub-folder per identity")
     s.add_argument("--probes", type=Path, required=True, help="aligned images, one sub-folder per identity")
     s.add_argument("--index", choices=["exact", "ivf"], default="exact")
@@ -251,13 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("overlap", help="identities shared by two training sets (class centres), and a merge")
     s.add_argument("dataset_a", type=Path, help="aligned images, one sub-folder per identity")
     s.add_argument("dataset_b", type=Path, help="aligned images, one sub-folder per identity")
-    s.add_argument("--model", required=True, help="a run folder or checkpoint whose model embeds the images")
+    s.add_argument("--model", required=True, help=f"whose model embeds the images: {_MODEL_HELP}")
     s.add_argument("--truth", type=Path, default=None, help="CSV with a_class,b_class columns (synth overlap.csv)")
     s.add_argument("--threshold", type=float, default=0.5, help="centre cosine from which a pair is shared")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--merge", type=Path, default=None, help="write a merged folder (shared pairs = one class)")
     s.add_argument("--centre", action="store_true", help="subtract each dataset's mean embedding first (domain shift)")
     s.set_defaults(func=_cmd_overlap)
+
+    s = sub.add_parser("export", help="export a run's embedding network to ONNX, checked against torch")
+    s.add_argument("run", help="a run folder or checkpoint")
+    s.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")

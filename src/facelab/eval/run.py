@@ -1,5 +1,6 @@
-"""`facelab eval`: a checkpoint against pair sets (.bin files, LFW pairs.txt) -> table, metrics.json, plots,
-index.html (facelab.eval.pages), after checking the data against the model (facelab.eval.metadata)."""
+"""`facelab eval`: a checkpoint (or exported model) against pair sets (.bin files, LFW pairs.txt) -> table,
+metrics.json, plots, index.html (facelab.eval.pages), after checking the data against the model
+(facelab.eval.metadata)."""
 
 import logging
 from collections.abc import Iterable
@@ -60,9 +61,10 @@ def evaluate_checkpoint(
     data: dict[str, dict] | None = None,
     allow_mismatch: Iterable[str] = (),
 ) -> dict[str, dict]:
-    """Evaluate every pair set with the checkpoint's own preprocessing, in one call; write `out/metrics.json`
+    """Evaluate every pair set with the model's own preprocessing, in one call; write `out/metrics.json`
     (with the conventions used and the data checks), `out/roc.png`, `out/scores.png` and `out/index.html`
-    (default out: `<run folder>/eval`).
+    (default out: `<run folder>/eval`). checkpoint: a checkpoint file, a run folder or an exported `.onnx`
+    model (`facelab export`), whose recorded preprocessing is checked the same way.
 
     data: {set name: description} (`facelab.eval.metadata.describe_pair_sets`); a set without one is taken as
     a bare insightface .bin. Every set is checked against the model's preprocessing first (image height

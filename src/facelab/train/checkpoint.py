@@ -40,7 +40,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder holding `checkpoint.pt`."""
+    """A checkpoint file (or an exported `.onnx` model), or a run folder holding `checkpoint.pt`."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -51,6 +51,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
+    if path.suffix.lower() == ".onnx":  # evaluation takes one (train.task.load_model); nothing else can
+        raise FacelabError(f"{path}: an exported ONNX model holds the embedding network only (no classifier, "
+                           "config or training state); give the run folder or its checkpoint.pt here")
     try:
         # weights_only: tensors and plain containers only, so a crafted file cannot run code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

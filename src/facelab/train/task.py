@@ -24,7 +24,7 @@ from facelab.distill.setup import build_objective
 from facelab.errors import FacelabError
 from facelab.heads import build_head
 from facelab.losses.pairs import NoHead, build_objectives
-from facelab.train.checkpoint import load_checkpoint
+from facelab.train.checkpoint import load_checkpoint, resolve_checkpoint
 from facelab.train.dail import attach_dail
 
 
@@ -110,9 +110,19 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def load_model(checkpoint: str | Path) -> tuple[nn.Module, dict]:
-    """(embedding network in eval mode, its preprocessing) from a checkpoint file or run folder."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg)
+    """(embedding network in eval mode, its preprocessing) from a checkpoint file, a run folder or an
+    exported `.onnx` model (`facelab export`; then an onnxruntime-backed module, facelab.export.OnnxEmbedder).
+    Either way the model maps to_input(images) float32 [B, 3, H, W] to raw embeddings [B, d]."""
+    path = resolve_checkpoint(checkpoint)
+    if path.suffix.lower() == ".onnx":
+        from facelab.export import load_onnx  # lazy: onnxruntime is an optional dependency
+
+        return load_onnx(path)
+    return model_from_checkpoint(load_checkpoint(path))
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, dict]:
+    """(embedding network in eval mode, its preprocessing) from a loaded checkpoint dict."""
+    model = build_model(config_from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt["preprocess"]

@@ -1,0 +1,258 @@
+"""ONNX export of the embedding network (`facelab export`) and loading an export back for evaluation.
+
+The graph takes "images", float32 [B, 3, H, W] with B dynamic, preprocessed exactly as evaluation feeds the
+torch model (`facelab.data.transforms.to_input` with the model's `preprocess` record): RGB uint8 crops,
+channels reversed when the model was trained on BGR, then x / 255 and (x - mean) / std. It returns
+"embeddings", float32 [B, d], raw (not L2-normalised) like the torch model; evaluation adds the flipped
+crop's embedding and normalises (facelab.eval.embed). H x W is the alignment template's crop at the
+recorded size (112 x 112 for arcface112).
+
+Metadata (ONNX metadata_props, strings): facelab_format "facelab-onnx", facelab_format_version, facelab_version,
+preprocess (JSON, the checkpoint's record completed with the defaults, so a reader needs no facelab), embedding_size,
+backbone, groupface_groups, source_checkpoint, source_step. `load_onnx` reads them through onnxruntime and
+refuses a file without them, so `facelab eval` / `ijb` / `search` / `overlap` check the data against the
+exported model's preprocessing exactly as against a checkpoint's (facelab.eval.metadata).
+
+Every export is checked before it is written: onnxruntime and torch embed seeded random batches of 2 and 3
+(the second proves the dynamic batch axis); the largest difference of the L2-normalised embeddings must stay
+within TOLERANCE, else nothing is written. The exporter is torch's torch.export-based one (`dynamo=True`, needs
+onnxscript): the TorchScript-based one is deprecated (torch 2.13 warns that it will be removed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torch import nn
+
+import facelab
+from facelab.align.template import template_for
+from facelab.data.transforms import check_preprocess
+from facelab.errors import FacelabError
+from facelab.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = "facelab-onnx"
+FORMAT_VERSION = 1
+TOLERANCE = 1e-4  # max |torch - onnxruntime| of L2-normalised embeddings, float32
+INPUT, OUTPUT = "images", "embeddings"
+INSTALL = "pip install 'facelab[export]'"
+
+
+def _require(module: str) -> ModuleType:
+    """Import an optional dependency, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise FacelabError(f"{module} is not installed; ONNX export and exported models need it: {INSTALL}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _session(source: str | bytes) -> object:
+    """A CPU onnxruntime session on a file path or serialised model, using as many threads as torch does."""
+    ort = _require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # OMP_NUM_THREADS / torch.set_num_threads rule both
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def _input_size(preprocess: dict) -> tuple[int, int]:
+    """(H, W) of the aligned crops the model was trained on."""
+    _, (w, h) = template_for(preprocess["template"], int(preprocess["size"]))
+    return h, w
+
+
+def _metadata(ckpt: dict, path: Path, preprocess: dict) -> dict[str, str]:
+    model_cfg = ckpt["config"].get("model", {})
+    return {
+        "facelab_format": FORMAT,
+        "facelab_format_version": str(FORMAT_VERSION),
+        "facelab_version": facelab.__version__,
+        "preprocess": json.dumps(preprocess, default=lambda v: np.asarray(v).tolist()),
+        "embedding_size": str(model_cfg.get("embedding_size", "")),
+        "backbone": str(model_cfg.get("backbone", "")),
+        "groupface_groups": str(model_cfg.get("groupface", {}).get("groups", 0)),
+        "source_checkpoint": str(path.resolve()),
+        "source_step": str(ckpt.get("step", "")),
+    }
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hold back the exporter's INFO chatter (onnxscript's optimiser passes, torchvision op registration) and
+    its deprecation warnings about torch internals, so `facelab export` logs only its own result."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _to_onnx(model: nn.Module, size: tuple[int, int], opset: int | None, name: str) -> object:
+    """The ONNX ModelProto of `model` on [B, 3, H, W] (B dynamic); FacelabError naming the model if it fails."""
+    _require("onnxscript")  # torch's exporter imports it itself, with a less helpful message
+    example = torch.zeros(2, 3, *size)  # [2, 3, H, W]
+    batch = torch.export.Dim("batch")
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+            )
+        return program.model_proto
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; one message for all
+        raise FacelabError(f"{name}: cannot be exported to ONNX{'' if opset is None else f' opset {opset}'} "
+                           f"({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _max_difference(model: nn.Module, session: object, size: tuple[int, int]) -> float:
+    """Largest |torch - onnxruntime| of L2-normalised embeddings on seeded random batches of 2 and 3."""
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch in (2, 3):  # 3 differs from the export example's batch: the axis must be dynamic
+        x = torch.rand(batch, 3, *size, generator=gen) * 2 - 1  # [B, 3, H, W] in the range of normalised pixels
+        with torch.no_grad():
+            ref = model(x)  # [B, d]
+        got = torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])  # [B, d]
+        if got.shape != ref.shape:
+            raise FacelabError(f"ONNX export check: onnxruntime gave {tuple(got.shape)}, torch {tuple(ref.shape)}")
+        diff = (nn.functional.normalize(got, dim=1) - nn.functional.normalize(ref, dim=1)).abs().max()
+        worst = max(worst, float(diff))
+    return worst
+
+
+def export_onnx(run_or_checkpoint: str | Path, out: str | Path, opset: int | None = None) -> dict:
+    """Export a run's embedding network to `out` (a `.onnx` file, written atomically) after checking it.
+
+    opset: ONNX opset (None: the exporter's default). Returns {"out", "bytes", "opset", "max_abs_diff",
+    "tolerance", "metadata"}; raises FacelabError, writing nothing, when the export fails or onnxruntime
+    and torch disagree by more than TOLERANCE.
+    """
+    from facelab.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from facelab.train.task import model_from_checkpoint
+
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise FacelabError(f"{out}: the exported model's file name must end in .onnx")
+    _require("onnx")
+    path = resolve_checkpoint(run_or_checkpoint)
+    ckpt = load_checkpoint(path)
+    model, preprocess = model_from_checkpoint(ckpt)  # the same network and record `load_model` gives
+    preprocess = check_preprocess(preprocess)
+    meta = _metadata(ckpt, path, preprocess)
+    size = _input_size(preprocess)
+    name = f"backbone {meta['backbone']!r}" + (" with GroupFace" if meta["groupface_groups"] != "0" else "")
+    proto = _to_onnx(model, size, opset, name)
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset_used != opset:  # the exporter falls back to its own opset when it cannot convert
+        raise FacelabError(f"opset {opset}: the exporter cannot write {name} in it (it gave opset {opset_used}); "
+                           "leave --opset out for the exporter's default")
+    _require("onnx").helper.set_model_props(proto, meta)
+    data = proto.SerializeToString()
+    diff = _max_difference(model, _session(data), size)
+    if not diff <= TOLERANCE:  # NaN refused too
+        raise FacelabError(f"{name}: the ONNX export differs from the torch model by {diff:.2e} "
+                           f"(L2-normalised embeddings, tolerance {TOLERANCE:.0e}); nothing written to {out}")
+    try:
+        write_atomic(out, lambda tmp: tmp.write_bytes(data))
+    except OSError as e:
+        raise FacelabError(f"{out}: cannot write ({e.strerror or e})") from None
+    log.info("exported %s to %s (%.1f MB, opset %s); torch vs onnxruntime: max |diff| %.2e of L2-normalised "
+             "embeddings (tolerance %.0e)", name, out, len(data) / 1e6, opset_used, diff, TOLERANCE)
+    return {"out": str(out), "bytes": len(data), "opset": opset_used, "max_abs_diff": diff, "tolerance": TOLERANCE,
+            "metadata": meta}
+
+
+class OnnxEmbedder(nn.Module):
+    """An exported model as an embedding network for evaluation: images float32 [B, 3, H, W] (preprocessed
+    as `metadata["preprocess"]` says) -> raw embeddings float32 [B, d], through an onnxruntime CPU session.
+    No parameters and no autograd: evaluation only."""
+
+    def __init__(self, path: Path, session: object, metadata: dict) -> None:
+        super().__init__()
+        self.path, self.session, self.metadata = Path(path), session, metadata
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)  # [B, 3, H, W]
+        try:
+            out = self.session.run(None, {self.input_name: feed})[0]  # [B, d]
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
+            raise FacelabError(f"{self.path}: onnxruntime cannot embed a batch of shape {tuple(x.shape)} "
+                               f"({type(e).__name__}: {_first_line(e)})") from None
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.path}, backbone={self.metadata.get('backbone')!r}"
+
+
+def read_metadata(props: dict[str, str], where: str | Path) -> dict:
+    """Checked facelab metadata of an exported model: every field as stored, `preprocess` parsed (a dict)
+    and `embedding_size` an int. FacelabError naming `where` and the field for anything missing or foreign."""
+    fmt = props.get("facelab_format")
+    if fmt is None:
+        raise FacelabError(f"{where}: not a facelab export (no metadata field 'facelab_format'); "
+                           "make one with `facelab export RUN --out FILE.onnx`")
+    if fmt != FORMAT:
+        raise FacelabError(f"{where}: metadata facelab_format is {fmt!r}, expected {FORMAT!r}")
+    version = props.get("facelab_format_version", "")
+    if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
+        raise FacelabError(f"{where}: metadata facelab_format_version is {version!r}; this facelab "
+                           f"reads versions 1..{FORMAT_VERSION}")
+    preprocess = _read_preprocess(props, where)
+    size = props.get("embedding_size", "")
+    if not size.isdigit() or int(size) < 1:
+        raise FacelabError(f"{where}: metadata field 'embedding_size' must be a positive integer, got {size!r}")
+    return {**props, "preprocess": preprocess, "embedding_size": int(size)}
+
+
+def _read_preprocess(props: dict[str, str], where: str | Path) -> dict:
+    """The `preprocess` metadata field as a checked record (a dict)."""
+    if "preprocess" not in props:
+        raise FacelabError(f"{where}: metadata field 'preprocess' is missing")
+    try:
+        preprocess = json.loads(props["preprocess"])
+        if not isinstance(preprocess, dict):
+            raise FacelabError(f"expected a JSON object, got {type(preprocess).__name__}")
+        check_preprocess(preprocess)
+    except (json.JSONDecodeError, FacelabError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        msg = f"{where}: metadata field 'preprocess' is not a valid preprocessing record ({why})"
+        raise FacelabError(msg) from None
+    return preprocess
+
+
+def load_onnx(path: str | Path) -> tuple[OnnxEmbedder, dict]:
+    """(OnnxEmbedder, preprocess record) of a `facelab export` file; what `train.task.load_model` returns
+    for a `.onnx` path."""
+    path = Path(path)
+    try:
+        session = _session(str(path))
+    except FacelabError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+        raise FacelabError(f"{path}: not a readable ONNX model ({type(e).__name__}: {_first_line(e)})") from None
+    meta = read_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
+    return OnnxEmbedder(path, session, meta), meta["preprocess"]
