@@ -156,6 +156,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0  # 0 disables
     device: str = "cpu"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the backbone's training forward (inductor: a C++ compiler on CPU)
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500

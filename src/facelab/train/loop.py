@@ -41,13 +41,13 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, device: torch.device) -> tuple[dict, dict]:
+def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, env: dist_env.DistEnv) -> tuple[dict, dict]:
     """(verification results, deployment thresholds) per pair set from one embedding pass; in a
     multi-process run every rank embeds its share of the images."""
     embed = embed_images
-    if task.parallel:
+    if env.world_size > 1:
         from facelab.distributed.evaluate import embed_images_sharded as embed
-    kw = {"batch_size": 2 * cfg.data.batch_size, "preprocess": task.preprocess, "device": device}
+    kw = {"batch_size": 2 * cfg.data.batch_size, "preprocess": task.preprocess, "device": env.device}
     return evaluate_with_thresholds(task.backbone, val_sets, embed=embed, **kw)
 
 
@@ -155,6 +155,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
     task.parallel = dist_env.wrap_backbone(task.backbone, env)
+    if cfg.train.compile:  # the training forward only: evaluation and checkpoints use the plain module (same weights)
+        task.parallel = (torch.compile((task.parallel or (task.backbone,))[0]),)
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
@@ -229,7 +231,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
             if val_sets and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 _check_finite(pending, step)
                 started = time.perf_counter()
-                results = _evaluate(task, val_sets, cfg, device)[0]
+                results = _evaluate(task, val_sets, cfg, env)[0]
                 values = {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()}
                 logger.log(step, {**values, "val/seconds": time.perf_counter() - started})
             if step % cfg.train.checkpoint_every == 0 or step == end:
@@ -243,7 +245,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         logger.close()
         return {"train": {"steps": step, "complete": False}}
 
-    results, thresholds = _evaluate(task, val_sets, cfg, device)  # 10-fold accuracy + deployed thresholds
+    results, thresholds = _evaluate(task, val_sets, cfg, env)  # 10-fold accuracy + deployed thresholds
     if results:
         logger.log(step, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         if env.main:

@@ -60,7 +60,8 @@ class FaceTask(nn.Module):
             self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
         self.objectives = nn.ModuleDict(objectives)  # extra loss terms on the embeddings (see the module docstring)
-        self.parallel: tuple[nn.Module, ...] = ()  # (DDP-wrapped backbone,) in a multi-process run; not a submodule
+        # (backbone as the training forward runs it: DDP-wrapped and/or torch.compiled,) or (); not a submodule
+        self.parallel: tuple[nn.Module, ...] = ()
         if cfg.distill.name == "ddl":  # DDL between easy and hard images (facelab.distill)
             self.objectives["ddl"] = build_objective(cfg.distill)
         attach_dail(self, cfg, offsets)  # DAIL dataset mask and dataset classifier, when configured
