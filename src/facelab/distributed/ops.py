@@ -9,6 +9,12 @@ it and L (a margin's per-sample regulariser, replicated on every rank, is then c
 `gather_rows` returns this rank's rows of that sum times N, because DistributedDataParallel *averages*
 the backbone gradients over ranks: the average of N·(∂L/∂x_r ·∂x_r/∂θ) is the full gradient ∂L/∂θ.
 At world size 1 (or without an initialised process group) every function is the identity.
+
+An objective that needs the whole batch (DDL's histograms, DAIL's dataset classifier) gathers its inputs
+with `gather_rows` and computes the global loss L on every rank. Without parameters of its own it returns
+`replicated_loss(L)`. With parameters (replicated, outside DDP) it instead scales the gradient of its
+gathered inputs by 1/N (`scale_grad`) and returns L itself: its parameters get the full ∂L/∂W, the same on
+every rank, so their copies stay identical without communication, and the rows get what they get above.
 """
 
 import torch
@@ -92,6 +98,11 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
         return g * ctx.factor, None
+
+
+def scale_grad(x: Tensor, factor: float) -> Tensor:
+    """Identity forward; backward multiplies the gradient by `factor`."""
+    return _ScaleGrad.apply(x, float(factor))
 
 
 def replicated_loss(loss: Tensor) -> Tensor:

@@ -9,6 +9,10 @@ Two stages (config `dail.adversarial_from` = s): before step s the classifier le
 (no gradient reaches the backbone; the dataset-aware loss trains it alone); from step s on the gradient
 goes through the GRL with λ(t) = λ_max · (2 / (1 + exp(-10·p)) - 1), p = clip((t - s) / warmup, 0, 1)
 (DANN's ramp; warmup 0: λ_max at once). The trainer sets `step` every step (FaceTask.set_step).
+
+Under torchrun the classifier sees the batch gathered from every rank (facelab.distributed.ops): the same
+loss and gradients as one process; the classifier, which DDP does not wrap, gets the full gradient on every
+rank, so its copies stay identical.
 """
 
 import math
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facelab.data.multi import dataset_of
+from facelab.distributed.ops import gather_rows, scale_grad, world
 
 
 class _GradReverse(torch.autograd.Function):
@@ -68,7 +73,12 @@ class DatasetInvariance(nn.Module):
             feats = grad_reverse(embeddings, grl_lambda(self.step, self.lam, self.warmup, self.adversarial_from))
         else:  # stage 1: the dataset classifier learns, the embedding is left alone
             feats = embeddings.detach()
-        logits = self.classifier(feats.float())  # [B, D]
+        if feats.dtype in (torch.float16, torch.bfloat16):
+            feats = feats.float()
+        size = world()[1]
+        if size > 1:  # [N·b, d] and [N·b]: the global batch on every rank (facelab.distributed.ops)
+            feats, labels = scale_grad(gather_rows(feats), 1.0 / size), gather_rows(labels)
+        logits = self.classifier(feats)  # [B, D]
         return {"dataset_ce": self.weight * F.cross_entropy(logits, dataset_of(labels, self.offsets))}
 
 
