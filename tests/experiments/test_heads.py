@@ -26,3 +26,19 @@ def test_recipes_lists_every_config_and_rejects_unknown_names():
     assert {"arcface", "groupface", "adaptiveface"} <= set(heads.recipes())
     with pytest.raises(FacelabError, match="nope"):
         heads.recipes(["nope"])
+
+
+def test_no_recipes_is_an_error_naming_the_folder(tmp_path, monkeypatch):
+    """An install without configs/heads/*.yaml must fail loudly, not write an empty table."""
+    empty = tmp_path / "configs" / "heads"
+    empty.mkdir(parents=True)
+    monkeypatch.setattr(heads, "RECIPES", empty)
+    with pytest.raises(FacelabError, match="no head recipes") as err:
+        heads.recipes()
+    assert str(empty) in str(err.value)
+    args = build_parser().parse_args(["experiment", "heads", "--quick"])
+    plan = {**vars(args), **heads.QUICK, "data": tmp_path / "data", "out": tmp_path / "runs",
+            "doc": tmp_path / "heads.md"}
+    with pytest.raises(FacelabError, match="no head recipes"):
+        heads._run(argparse.Namespace(**plan), quick=True)
+    assert not (tmp_path / "heads.md").exists() and not (tmp_path / "data").exists()

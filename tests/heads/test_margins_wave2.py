@@ -57,8 +57,9 @@ def ref_mv(row, y, tc, ops, s, t, mode, f, target):
     return with_target(row, y, s * target, other)
 
 
-def ref_mv_am(row, y, tc, ctx, ops, s, m, t, mode):
-    return ref_mv(row, y, tc, ops, s, t, mode, f=tc - m, target=tc - m)
+def ref_mv_am(row, y, tc, ctx, ops, s, m, t, mode, easy_margin):
+    target = tc if easy_margin and not tc > m else tc - m  # easy margin: only where cos θ_y > m (original code)
+    return ref_mv(row, y, tc, ops, s, t, mode, f=tc - m, target=target)  # the mask keeps cos θ_y - m
 
 
 def ref_mv_arc(row, y, tc, ctx, ops, s, m, t, mode, easy_margin):
@@ -123,8 +124,9 @@ REFERENCE = {
     "adam_softmax": (ref_adam_softmax, {"s": 32.0, "lam": 70.0}, [{}, {"s": 16.0, "lam": 1.5}]),
     "mv_am": (
         ref_mv_am,
-        {"s": 32.0, "m": 0.35, "t": 0.2, "mode": "adaptive"},
-        [{}, {"mode": "fixed"}, {"s": 16.0, "m": 0.2, "t": 0.5}],
+        {"s": 32.0, "m": 0.35, "t": 0.2, "mode": "adaptive", "easy_margin": False},
+        [{}, {"mode": "fixed"}, {"s": 16.0, "m": 0.2, "t": 0.5}, {"easy_margin": True},
+         {"easy_margin": True, "m": 0.6, "mode": "fixed"}],
     ),
     "mv_arc": (
         ref_mv_arc,
@@ -312,7 +314,11 @@ def test_elasticface_default_sigma_per_variant(name, plus):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize(("name", "config"), CASES)
 def test_values_gradients_and_state_match_reference(name, config, training):
-    r = compare(name, config, training)
+    check_against_reference(compare(name, config, training))
+
+
+def check_against_reference(r):
+    """The module run of `compare` equals its two reference runs (values, gradients, state, regulariser)."""
     torch.testing.assert_close(r.ref_logits, r.values, rtol=1e-12, atol=1e-12)  # the two reference runs
     assert all(torch.isfinite(g).all() for g in r.grads)
     for key, value in r.state.items():
@@ -332,6 +338,24 @@ def test_values_gradients_and_state_match_reference(name, config, training):
     inner[rows] = False
     torch.testing.assert_close(r.grads[1][inner], r.ref_grads[1][inner], rtol=1e-9, atol=1e-9)  # d / d norms
     torch.testing.assert_close(r.grads[2], r.ref_grads[2], rtol=1e-9, atol=1e-9)  # d / d class margins
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("m", [0.35, 0.6])
+def test_mv_am_easy_margin_switches_at_cos_m(m, training):
+    """Target angles either side of cos θ_y = m (and at |cos θ_y| = 1): margin above, none at or below."""
+    switch = math.acos(m)
+    thetas = [0.0, switch - 0.05, switch - 1e-4, switch + 1e-4, switch + 0.05, math.pi / 2, math.pi]
+    r = compare("mv_am", {"easy_margin": True, "m": m}, training, thetas=thetas)
+    check_against_reference(r)
+    rows, labels = list(range(len(thetas))), r.labels[: len(thetas)]
+    tc, target = r.cos[rows, labels], r.logits[rows, labels]
+    assert (tc > m).tolist() == [True, True, True, False, False, False, False]
+    torch.testing.assert_close(target, torch.where(tc > m, 32.0 * (tc - m), 32.0 * tc), rtol=1e-12, atol=1e-12)
+    cos, labels, norms, margins, _ = inputs(thetas)  # exactly at cos θ_y = m: no margin (strict >)
+    cos[0, labels[0]] = m
+    logits = build_margin("mv_am", easy_margin=True, m=m).double()(cosines_of(cos, labels, norms, margins))
+    assert logits[0, labels[0]].item() == pytest.approx(32.0 * m, rel=1e-12)
 
 
 @pytest.mark.parametrize(("name", "config"), CASES)
@@ -486,6 +510,7 @@ def test_classifier_rejects_bad_class_margins(kwargs):
         ("adacos", {"mode": "static"}, "mode"),
         ("adam_softmax", {"lam": -1.0}, "lam"),
         ("mv_am", {"mode": "soft"}, "mode"),
+        ("mv_am", {"easy_margin": 1}, "easy_margin"),
         ("mv_arc", {"t": -0.1}, "t"),
         ("mv_arc", {"easy_margin": "yes"}, "easy_margin"),
         ("curricularface", {"m": 2.0}, "m"),

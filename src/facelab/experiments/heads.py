@@ -42,6 +42,9 @@ def recipes(only: list[str] | None = None) -> dict[str, Path]:
     from facelab.heads import MARGINS
 
     files = {p.stem: p for p in RECIPES.glob("*.yaml")}
+    if not files:
+        raise FacelabError(f"experiment heads: no head recipes (*.yaml) in {RECIPES}; is the package installed "
+                           "with its configs (package-data configs/**/*.yaml)?")
     found = {n: files[n] for n in [*(m for m in MARGINS if m in files), *sorted(set(files) - set(MARGINS))]}
     unknown = sorted(set(only or ()) - set(found))
     if unknown:
@@ -60,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, quick: bool) -> int:
     start = time.perf_counter()
+    plan = recipes(args.only)  # before making data: no recipes (or an unknown name) fails at once
     aligned, pair_files = prepare_synth(args.data, args.identities, args.images_per_identity, args.pairs)
     common = [f"data.train={aligned}", f"data.val_pairs={pair_files}", f"train.steps={args.steps}",
               f"data.batch_size={args.batch_size}", "train.checkpoint_every=100000", "train.progress=false",
               "train.tensorboard=false", f"schedule.warmup_steps={max(1, args.steps // 12)}"]
     results = {}
-    for name, path in recipes(args.only).items():
+    for name, path in plan.items():
         t0 = time.perf_counter()
         results.update(run_grid(path, {name: []}, args.seeds, args.out, common=common))
         log.info("experiment heads: %s done in %.0f s", name, time.perf_counter() - t0)

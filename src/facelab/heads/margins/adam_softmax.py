@@ -17,8 +17,10 @@ class AdaMSoftmax(Margin):
     `build_head` asks the classifier for them through `class_margin_init`. Both the target and the
     regulariser use them clamped to [0, 1] (a margin outside gets no gradient from either term). The mean
     runs over the classes of this step's softmax on every rank (`Cosines.sum_over_classes`): all classes,
-    unless Partial FC samples them. Hard Prototype Mining and Adaptive Data
-    Sampling (the paper's other two parts) are not implemented.
+    unless Partial FC samples them. The paper's other two parts are options outside this margin: Hard
+    Prototype Mining (Sec. 3.2) is the classifier's `hard_prototypes=k` (facelab.heads.classifier, config
+    `head.hard_prototypes`), Adaptive Data Sampling (Sec. 3.3) is `AdaptiveBatchSampler`
+    (facelab.data.samplers, config `data.adaptive_sampling`); recipes `heads/adam_softmax_hpm`, `heads/adaptiveface`.
     """
 
     name = "adam_softmax"

@@ -39,19 +39,28 @@ class _MVSoftmax(Margin):
 
 
 class MVAM(_MVSoftmax):
-    """MV-AM-Softmax: target `s·(cos θ_y - m)`, f(θ_y) = cos θ_y - m (METHODS.md table, `mv_am`)."""
+    """MV-AM-Softmax: target `s·(cos θ_y - m)`, f(θ_y) = cos θ_y - m (METHODS.md table, `mv_am`).
+
+    `easy_margin` (the original code's default, kept as an option; off here): the margin applies only where
+    cos θ_y > m, as the original code's `where(gt > margin, gt - margin, gt)`: target `s·cos θ_y` elsewhere.
+    The mis-classification mask compares with cos θ_y - m either way, as the original code does.
+    """
 
     name = "mv_am"
 
-    def __init__(self, s: float = 32.0, m: float = 0.35, t: float = 0.2, mode: str = "adaptive") -> None:
+    def __init__(
+        self, s: float = 32.0, m: float = 0.35, t: float = 0.2, mode: str = "adaptive", easy_margin: bool = False
+    ) -> None:
         super().__init__()
         self.setup(s, m, t, mode, math.inf)
+        self.easy_margin = self.flag("easy_margin", easy_margin)
 
     def margined(self, target_cos: Tensor) -> Tensor:
         return target_cos - self.m  # [B]
 
     def target(self, target_cos: Tensor) -> Tensor:
-        return target_cos - self.m  # [B]
+        margined = target_cos - self.m  # [B]
+        return torch.where(target_cos > self.m, margined, target_cos) if self.easy_margin else margined
 
 
 class MVArc(_MVSoftmax):
