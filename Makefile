@@ -39,10 +39,16 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 
+# MTCNN weights alone (facelab align --detector mtcnn), e.g. into a venv made before they joined the $(STAMP) recipe.
+# Not a pyproject extra: facenet-pytorch pins torch<2.3 and torchvision, so a resolving pip would break the venv.
+.PHONY: setup-detector
+setup-detector: setup
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
+
 # headless Chromium for the index.html rendering test (Debian package; the test is skipped without a browser)
 .PHONY: setup-browser
 setup-browser:
-	apt-get install -y chromium
+	apt-get update -qq && apt-get install -y chromium
 
 clean:
 	rm -rf $(VENV) $(SCRATCH) runs data

@@ -7,6 +7,7 @@ import sys
 import cv2
 import numpy as np
 
+import facelab.eval.run
 from facelab.cli import main
 from facelab.data.pairsets import write_bin
 
@@ -36,13 +37,29 @@ def _recipe(tmp_path):
     return cfg
 
 
-def test_train_then_eval(tmp_path, capsys):
+def test_train_then_eval(tmp_path, capsys, monkeypatch):
     cfg = _recipe(tmp_path)
     assert main(["train", str(cfg)]) == 0
     assert "| v |" in capsys.readouterr().out
+    passes, embed_images = [], facelab.eval.run.embed_images  # (flip argument, embeddings) of each eval pass
+
+    def spy(*args, **kwargs):
+        passes.append((kwargs["flip"], embed_images(*args, **kwargs)))
+        return passes[-1][1]
+
+    monkeypatch.setattr(facelab.eval.run, "embed_images", spy)
     assert main(["eval", str(tmp_path / "run"), "--pairs", str(tmp_path / "v.bin"), "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["pairs"]["v"]["pairs"] == 20 and (tmp_path / "ev" / "roc.png").exists()
+    # --no-flip: the accuracy comes from the unflipped embeddings alone, and metrics.json says so (the accuracies
+    # may coincide on so small a set, so the recorded convention is what is checked)
+    argv = ["eval", str(tmp_path / "run"), "--pairs", str(tmp_path / "v.bin"), "--no-flip",
+            "--out", str(tmp_path / "nf")]
+    assert main(argv) == 0
+    no_flip = json.loads((tmp_path / "nf" / "metrics.json").read_text())
+    assert [f for f, _ in passes] == [True, False] and metrics["flip"] is True and no_flip["flip"] is False
+    assert not np.allclose(passes[0][1], passes[1][1])  # two different sets of embeddings were scored
+    assert no_flip["pairs"]["v"]["pairs"] == 20
     # LFW pairs.txt (10 sets of 1 same + 1 different pair) over an aligned folder, with the non-default
     # conventions recorded in metrics.json
     rng = np.random.default_rng(3)

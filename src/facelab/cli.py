@@ -45,10 +45,14 @@ def _cmd_align(a: argparse.Namespace) -> int:
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
-    from facelab.data.convert import convert
+    from facelab.data.convert import convert, output_dir
 
     summary = convert(a.src, a.dst, fmt=a.to)
-    log.info("converted %s -> %s: %s", a.src, a.dst, summary)
+    log.info("converted %s -> %s: %s", a.src, a.dst, {k: v for k, v in summary.items() if k != "damaged"})
+    if summary["skipped"]:
+        log.warning("%s: %d damaged records skipped, the first at byte offset %d (all listed in %s)", a.src,
+                    summary["skipped"], summary["damaged"][0].offset,
+                    output_dir(a.dst, summary["dst_format"]) / "skipped.csv")
     return 0
 
 

@@ -1,3 +1,5 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -6,7 +8,9 @@ import torch
 from facelab.align import ARCFACE_112, align_face, mtcnn, similarity_transform
 from facelab.align.detect import detect_faces, landmarks_for_folder, main_face
 from facelab.align.folder import align_folder, read_landmarks
+from facelab.cli import main
 from facelab.errors import FacelabError
+from facelab.io import read_image
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,6 @@ def astronaut(weights):
 @pytest.fixture(scope="module")
 def hopper(weights):
     import matplotlib.cbook
-
-    from facelab.io import read_image
 
     return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))  # [600, 512, 3]
 
@@ -95,6 +97,20 @@ def test_folder_landmarks_feed_align_folder(astronaut, tmp_path):
     assert np.abs(table["a/astro.png"] - points).max() < 1e-3 and np.isnan(table["blank.png"]).all()
     result = align_folder(src, tmp_path / "out", tmp_path / "lm.csv", workers=1)
     assert result["aligned"] == 1 and result["skipped"] == 1
+
+
+def test_cli_align_with_the_detector(astronaut, tmp_path):
+    image, _ = astronaut
+    src, out = tmp_path / "src", tmp_path / "out"
+    (src / "nasa").mkdir(parents=True)
+    cv2.imwrite(str(src / "nasa" / "astronaut.png"), image[..., ::-1])
+    assert main(["align", str(src), str(out), "--detector", "mtcnn", "--workers", "1"]) == 0
+    crops = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert crops == ["nasa/astronaut.png"] and read_image(out / crops[0]).shape == (112, 112, 3)
+    assert (out / "skipped.csv").read_text().splitlines() == ["image,reason"]  # header only: nothing skipped
+    assert list(read_landmarks(out / "landmarks.csv")) == ["nasa/astronaut.png"]
+    manifest = json.loads((out / "align.json").read_text())
+    assert (manifest["aligned"], manifest["skipped"], manifest["size"]) == (1, 0, 112)
 
 
 def test_main_face_prefers_large_and_central():

@@ -1,10 +1,14 @@
+import logging
+import struct
+
 import numpy as np
 import pytest
 import torch
 
+from facelab.cli import main
 from facelab.data.convert import convert, detect_format
 from facelab.data.folder import ImageFolderDataset
-from facelab.data.recordio import RecordIODataset, write_recordio
+from facelab.data.recordio import MAGIC, RecordIODataset, pack_image, write_recordio
 from facelab.errors import FacelabError
 from facelab.io import encode_image
 
@@ -32,13 +36,13 @@ def folder(tmp_path):
 def test_folder_rec_folder_keeps_bytes(folder, tmp_path):
     counts = convert(folder, tmp_path / "rec", "rec")
     assert counts == {"src_format": "folder", "dst_format": "rec", "images": 6, "classes": 4,
-                      "height": 10, "width": 8}
+                      "height": 10, "width": 8, "skipped": 0, "damaged": []}
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["property", "train.idx", "train.rec"]
     assert (tmp_path / "rec" / "property").read_text().strip() == "4,10,8"
     back = tmp_path / "back"
     assert convert(tmp_path / "rec", back)["dst_format"] == "folder"
     assert _tree_bytes(back) == _tree_bytes(folder)
-    assert sorted(p.name for p in back.iterdir()) == ["0", "1", "2", "3", "property"]
+    assert sorted(p.name for p in back.iterdir()) == ["0", "1", "2", "3", "property"]  # no skipped.csv
     assert sorted(p.name for p in (back / "0").iterdir()) == ["00000000.jpg", "00000001.png", "00000002.jpg"]
 
 
@@ -63,6 +67,56 @@ def test_rec_list_rec_is_identical(folder, tmp_path):
     convert(tmp_path / "l", tmp_path / "b", "recordio")
     for name in ("train.rec", "train.idx", "property"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def _damaged_plain_rec(path):
+    """4 plain image records (labels 0 1 0 1, no identity header, no .idx); record 1 loses its magic.
+    Returns (path, byte offset of record 1, encoded images)."""
+    blobs = [encode_image(np.full((4, 6, 3), 40 * k, np.uint8), ".png") for k in range(4)]
+    blob, offsets = b"", []
+    for k, image in enumerate(blobs):
+        payload = pack_image(k % 2, image, id=k)
+        offsets.append(len(blob))
+        blob += struct.pack("<II", MAGIC if k != 1 else 0, len(payload)) + payload + b"\0" * (-len(payload) % 4)
+    path.write_bytes(blob)
+    return path, offsets[1], blobs
+
+
+def test_damaged_plain_record_is_counted(tmp_path, caplog):
+    rec, off, blobs = _damaged_plain_rec(tmp_path / "plain.rec")
+    counts = convert(rec, tmp_path / "out")
+    assert (counts["images"], counts["classes"], counts["skipped"]) == (3, 2, 1)
+    assert [d.offset for d in counts["damaged"]] == [off] and "no magic" in counts["damaged"][0].reason
+    assert _tree_bytes(tmp_path / "out") == {0: [blobs[0], blobs[2]], 1: [blobs[3]]}
+    lines = (tmp_path / "out" / "skipped.csv").read_text().splitlines()
+    assert lines[0] == "offset,reason" and len(lines) == 2 and lines[1].startswith(f"{off},")
+    assert "plain.rec: corrupt record at byte offset" in lines[1] and "," not in lines[1][len(f"{off},"):]
+    with caplog.at_level(logging.WARNING, logger="facelab"):  # the CLI: one warning line, count and offset
+        assert main(["convert", str(rec), str(tmp_path / "o.rec")]) == 0
+    warning = [r.getMessage() for r in caplog.records if r.name == "facelab" and r.levelno == logging.WARNING]
+    assert len(warning) == 1 and f"1 damaged records skipped, the first at byte offset {off}" in warning[0]
+    assert str(tmp_path / "skipped.csv") in warning[0] and (tmp_path / "skipped.csv").is_file()
+    assert len(RecordIODataset(tmp_path / "o.rec")) == 3
+
+
+def test_damaged_record_with_identity_header_is_counted(folder, tmp_path):
+    convert(folder, tmp_path / "a", "rec")
+    rec = tmp_path / "a" / "train.rec"
+    off = int((tmp_path / "a" / "train.idx").read_text().splitlines()[2].split("\t")[1])  # image 1 (alice)
+    data = bytearray(rec.read_bytes())
+    data[off + 4 : off + 8] = struct.pack("<I", 1 << 28)  # its length now runs past the end of the file
+    rec.write_bytes(bytes(data))
+    for name, drop_idx in (("b", False), ("c", True)):
+        if drop_idx:
+            (tmp_path / "a" / "train.idx").unlink()
+        counts = convert(tmp_path / "a", tmp_path / name, "list")
+        assert (counts["images"], counts["skipped"], [d.offset for d in counts["damaged"]]) == (5, 1, [off])
+        assert (tmp_path / name / "skipped.csv").read_text().startswith(f"offset,reason\n{off},")
+        assert len((tmp_path / name / "list.txt").read_text().splitlines()) == 5
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "skipped.csv").write_text("offset,reason\n")
+    with pytest.raises(FacelabError, match="skipped.csv: already exists"):  # never written over
+        convert(folder, tmp_path / "d" / "x.rec")
 
 
 def test_unsorted_list_to_rec(tmp_path):

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from facelab.data.recordio import (
     MAGIC,
+    DamagedRecord,
     RecordFile,
     RecordIODataset,
     pack_image,
@@ -161,10 +162,33 @@ def test_truncated_file(tmp_path, caplog):
     assert [scanned.read(k) for k in range(3)] == payloads[:3]
     with pytest.raises(FacelabError, match=f"byte offset {offsets[3]}"):
         scanned.read(3)
+    assert [d.offset for d in scanned.damaged] == [offsets[3]]
     with_idx = RecordIODataset(rec)
     rec.with_suffix(".idx").unlink()
-    for ds in (with_idx, RecordIODataset(rec)):  # the damaged record is left out of a plain file
+    for ds in (with_idx, RecordIODataset(rec)):  # the damaged record is left out of a plain file, and listed
         assert len(ds) == 3 and ds.raw(2) == (bytes([2]) * 30, 2)
+        assert len(ds.damaged) == 1 and ds.damaged[0].offset == offsets[3]
+        assert "truncated record" in ds.damaged[0].reason
+
+
+@pytest.mark.parametrize("idx", [True, False])
+def test_damaged_plain_record_is_listed(tmp_path, idx, caplog):
+    images = _images(4)
+    payloads = [pack_image(k % 2, encode_image(im, ".png")) for k, im in enumerate(images)]
+    rec = tmp_path / "data.rec"
+    offsets = _write_plain(rec, payloads)
+    data = bytearray(rec.read_bytes())
+    data[offsets[1] : offsets[1] + 4] = b"\0\0\0\0"  # record 1 loses its magic
+    rec.write_bytes(bytes(data))
+    if not idx:
+        rec.with_suffix(".idx").unlink()
+    with caplog.at_level(logging.WARNING):
+        ds = RecordIODataset(rec)
+    assert caplog.text.count(f"byte offset {offsets[1]}") == 1  # one warning, although scan and index meet it
+    assert len(ds) == 3 and ds.labels.tolist() == [0, 0, 1]
+    assert [np.array_equal(ds[i][0], images[k]) for i, k in enumerate((0, 2, 3))] == [True] * 3
+    assert [d.offset for d in ds.damaged] == [offsets[1]] and "no magic" in ds.damaged[0].reason
+    assert [i for i, _, _ in ds.readable()] == [0, 1, 2] and len(ds.damaged) == 1
 
 
 @pytest.mark.parametrize("damage", ["magic", "flag", "length"])
@@ -183,11 +207,15 @@ def test_corrupt_record_in_the_middle(rec_dir, damage, caplog):
     with caplog.at_level(logging.WARNING):
         scanned = RecordIODataset(root)
     assert f"byte offset {off}" in caplog.text
+    assert [d.offset for d in scanned.damaged] == [off] and with_idx.damaged == []  # .idx: found on reading
     for ds in (with_idx, scanned):
-        with pytest.raises(FacelabError, match=f"train.rec: .* at byte offset {off}"):
+        with pytest.raises(DamagedRecord, match=f"train.rec: .* at byte offset {off}"):
             ds[2]
         for i in (0, 1, 3, 4):
             assert np.array_equal(ds[i][0], images[i]) and ds[i][1] == labels[i]
+        got = list(ds.readable())  # the identity-header layout: the damaged image is left out and listed
+        assert [i for i, _, _ in got] == [0, 1, 3, 4] and [lab for _, _, lab in got] == labels[:2] + labels[3:]
+        assert [d.offset for d in ds.damaged] == [off] and f"byte offset {off}" in ds.damaged[0].reason
 
 
 def test_label_disagreeing_with_identity_record(rec_dir):
@@ -199,6 +227,8 @@ def test_label_disagreeing_with_identity_record(rec_dir):
     rec.write_bytes(bytes(data))
     with pytest.raises(FacelabError, match="record 1 at byte offset .* has label 3"):
         RecordIODataset(root)[0]
+    with pytest.raises(FacelabError, match="has label 3"):  # not damage: readable() does not skip it
+        list(RecordIODataset(root).readable())
 
 
 def test_dataloader_workers_and_pickle(rec_dir):

@@ -7,6 +7,8 @@ Formats:
 Encoded image bytes are copied, never re-encoded, so every conversion is lossless. Every output gets a
 `property` file ("num_classes,height,width"); the size is read from the source's `property` or, failing
 that, from its first image (images are not all decoded). Outputs are never written over existing data.
+Damaged RecordIO records are left out, counted (`skipped`, `damaged` in the result) and listed in
+`skipped.csv` (offset,reason) beside the output's `property`.
 """
 
 import logging
@@ -18,9 +20,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from facelab.data.folder import scan_folder
-from facelab.data.recordio import RecordIODataset, read_property, write_rec_files
+from facelab.data.recordio import Damaged, RecordIODataset, read_property, write_rec_files
 from facelab.errors import FacelabError
-from facelab.io import decode_image
+from facelab.io import decode_image, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class _Source(NamedTuple):
     count: int
     items: Iterator[tuple[int, bytes, str]]  # (label, encoded bytes, file name to use)
     size: tuple[int, int] | None  # (H, W) if the source states it
+    damaged: list[Damaged]  # records left out; complete once `items` is exhausted
 
 
 def _label_names(num_classes: int) -> list[str]:
@@ -85,7 +88,7 @@ def detect_format(path: Path) -> str:
 def _open_folder(root: Path) -> _Source:
     classes, samples = scan_folder(root)
     items = ((label, _read_bytes(p, str(root)), p.name) for p, label in samples)
-    return _Source("folder", classes, len(samples), items, _stated_size(root / "property"))
+    return _Source("folder", classes, len(samples), items, _stated_size(root / "property"), [])
 
 
 def _open_rec(path: Path) -> _Source:
@@ -93,11 +96,10 @@ def _open_rec(path: Path) -> _Source:
     where = str(ds.rec_path)
 
     def items() -> Iterator[tuple[int, bytes, str]]:
-        for i in range(len(ds)):
-            data, label = ds.raw(i)
+        for i, data, label in ds.readable():
             yield label, data, f"{i:08d}{_suffix(data, f'{where} image {i}')}"
 
-    return _Source("rec", _label_names(ds.num_classes), len(ds), items(), ds.size)
+    return _Source("rec", _label_names(ds.num_classes), len(ds), items(), ds.size, ds.damaged)
 
 
 def _open_list(path: Path) -> _Source:
@@ -113,7 +115,7 @@ def _open_list(path: Path) -> _Source:
     items = ((label, _read_bytes(list_path.parent / rel, f"{list_path} line {n}"),
               f"{i:08d}{Path(rel).suffix}")
              for i, (n, (rel, label)) in enumerate(zip(_line_numbers(list_path), entries, strict=True)))
-    return _Source("list", _label_names(num_classes), len(entries), items, _stated_size(prop))
+    return _Source("list", _label_names(num_classes), len(entries), items, _stated_size(prop), [])
 
 
 def _line_numbers(list_path: Path) -> list[int]:
@@ -191,13 +193,18 @@ def _write_tree(root: Path, source: _Source, size: tuple[int, int], list_name: s
         raise
 
 
+def output_dir(dst: Path, fmt: str) -> Path:
+    """The folder that receives the output's `property` (and `skipped.csv`)."""
+    return dst.parent if (fmt, dst.suffix) in (("rec", ".rec"), ("list", ".txt")) else dst
+
+
 def _write_rec(dst: Path, source: _Source, size: tuple[int, int]) -> None:
     if dst.suffix == ".rec":
         rec, idx, prop = dst, dst.with_suffix(".idx"), dst.parent / "property"
     else:
         _check_free(dst)
         rec, idx, prop = dst / "train.rec", dst / "train.idx", dst / "property"
-    for path in (rec, idx, prop):
+    for path in (rec, idx, prop, prop.with_name("skipped.csv")):
         if path.exists():
             raise FacelabError(f"{path}: already exists; choose a new output path")
     samples = ((label, data) for label, data, _ in source.items)
@@ -207,9 +214,26 @@ def _write_rec(dst: Path, source: _Source, size: tuple[int, int]) -> None:
 # ---------------------------------------------------------------- entry point
 
 
+class _Tally:
+    """Iterator wrapper counting the items that pass through it."""
+
+    def __init__(self, items: Iterator) -> None:
+        self.items, self.count = items, 0
+
+    def __iter__(self) -> "_Tally":
+        return self
+
+    def __next__(self) -> tuple:
+        item = next(self.items)
+        self.count += 1
+        return item
+
+
 def convert(src: Path, dst: Path, fmt: str | None = None) -> dict:
     """Convert the training set at `src` (format detected) to `dst` (format `fmt`, else from dst's name:
-    `.rec` -> rec, `.txt` -> list, otherwise folder). Returns counts and formats."""
+    `.rec` -> rec, `.txt` -> list, otherwise folder). Returns counts and formats; `images` counts the images
+    written, `skipped` the damaged source records left out, `damaged` their [(offset, reason)], also written
+    to `skipped.csv` in the output folder when there are any."""
     src, dst = Path(src), Path(dst)
     src_fmt, dst_fmt = detect_format(src), _output_format(dst, fmt)
     src_root = src if src.is_dir() else src.parent
@@ -220,7 +244,8 @@ def convert(src: Path, dst: Path, fmt: str | None = None) -> dict:
     if first is None:
         raise FacelabError(f"{src}: no images to convert")
     size = source.size or decode_image(first[1], f"{src} ({first[2]})").shape[:2]
-    source = source._replace(items=_prepend(first, source.items))
+    tally = _Tally(_prepend(first, source.items))
+    source = source._replace(items=tally)
     if dst_fmt == "rec":
         _write_rec(dst, source, size)
     elif dst_fmt == "list":
@@ -228,10 +253,20 @@ def convert(src: Path, dst: Path, fmt: str | None = None) -> dict:
         _write_tree(root, source, size, name)
     else:
         _write_tree(dst, source, size, None)
-    log.info("converted %s (%s) -> %s (%s): %d images, %d identities", src, src_fmt, dst, dst_fmt,
-             source.count, len(source.classes))
-    return {"src_format": src_fmt, "dst_format": dst_fmt, "images": source.count,
-            "classes": len(source.classes), "height": int(size[0]), "width": int(size[1])}
+    damaged = sorted(source.damaged)
+    if damaged:
+        _write_skipped(output_dir(dst, dst_fmt) / "skipped.csv", damaged)
+    log.info("converted %s (%s) -> %s (%s): %d images, %d identities, %d damaged records skipped", src, src_fmt,
+             dst, dst_fmt, tally.count, len(source.classes), len(damaged))
+    return {"src_format": src_fmt, "dst_format": dst_fmt, "images": tally.count,
+            "classes": len(source.classes), "height": int(size[0]), "width": int(size[1]),
+            "skipped": len(damaged), "damaged": damaged}
+
+
+def _write_skipped(path: Path, damaged: list[Damaged]) -> None:
+    """`offset,reason` rows, one per damaged record (commas in reasons become ';', as in align's file)."""
+    rows = "".join(f"{d.offset},{d.reason.replace(',', ';')}\n" for d in damaged)
+    write_atomic(path, lambda tmp: tmp.write_text("offset,reason\n" + rows))
 
 
 def _prepend(first: tuple, rest: Iterator) -> Iterator:

@@ -10,6 +10,9 @@ Image record payload (mxnet.recordio.pack): `IfQQ` header (flag uint32, label fl
 id2 uint64), then, when flag > 0, `flag` float32 labels (the header label is then ignored), then the
 encoded image. `.idx` is text, one "key\\toffset" line per record.
 
+Damaged records (bad framing or image header, DamagedRecord) are not fatal: the readers keep a list
+`damaged` of (offset, reason) for every record they skipped, which `facelab convert` reports.
+
 insightface layout (`train.rec`, `train.idx`, `property` = "num_classes,height,width"): record 0 has
 flag > 0 and labels (a, b); records 1..a-1 are images, records a..b-1 are identities whose labels
 (start, end) are that identity's image record range [start, end).
@@ -22,7 +25,7 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -43,8 +46,28 @@ _IR = struct.Struct("<IfQQ")  # flag, label, id, id2 (24 bytes, no padding)
 _MAX_EXACT = 1 << 24  # float32 labels hold integers exactly up to here
 
 
+class DamagedRecord(FacelabError):
+    """A record whose framing or image header cannot be read: the file's bytes are damaged there."""
+
+
+class Damaged(NamedTuple):
+    """A record left out: its byte offset and why (the error message, naming the file)."""
+
+    offset: int
+    reason: str
+
+
 def _pad4(n: int) -> int:
     return (n + 3) & ~3
+
+
+def _note(damaged: list[Damaged], offset: int, reason: str) -> bool:
+    """Append (offset, reason) unless that offset is already listed (a scan and a read may meet it twice).
+    True if it was new."""
+    if any(d.offset == offset for d in damaged):
+        return False
+    damaged.append(Damaged(int(offset), reason))
+    return True
 
 
 # ---------------------------------------------------------------- framing
@@ -69,21 +92,21 @@ def pack_record(payload: bytes) -> bytes:
 def read_record(buf: bytes | mmap.mmap, offset: int, where: str) -> tuple[bytes, int]:
     """(payload, offset of the next record) for the record starting at `offset`, joining split chunks.
 
-    FacelabError naming `where` and the byte offset for a bad magic, flag or a record past the end of file.
+    DamagedRecord naming `where` and the byte offset for a bad magic, flag or a record past the end of file.
     """
     parts, pos, n = [], offset, len(buf)
     while True:
         if pos + 8 > n:
-            raise FacelabError(f"{where}: truncated record at byte offset {offset} (file ends at {n})")
+            raise DamagedRecord(f"{where}: truncated record at byte offset {offset} (file ends at {n})")
         magic, lrec = _CHUNK.unpack_from(buf, pos)
         cflag, length = lrec >> 29, lrec & _LEN_MASK
         if magic != MAGIC:
-            raise FacelabError(f"{where}: corrupt record at byte offset {offset} (no magic at {pos})")
+            raise DamagedRecord(f"{where}: corrupt record at byte offset {offset} (no magic at {pos})")
         if cflag not in ((0, 1) if pos == offset else (2, 3)):
-            raise FacelabError(f"{where}: corrupt record at byte offset {offset} "
-                               f"(chunk flag {cflag} at {pos})")
+            raise DamagedRecord(f"{where}: corrupt record at byte offset {offset} "
+                                f"(chunk flag {cflag} at {pos})")
         if pos + 8 + length > n:
-            raise FacelabError(f"{where}: truncated record at byte offset {offset} (file ends at {n})")
+            raise DamagedRecord(f"{where}: truncated record at byte offset {offset} (file ends at {n})")
         parts.append(buf[pos + 8 : pos + 8 + length])
         pos += 8 + _pad4(length)
         if cflag in (0, 3):
@@ -101,20 +124,22 @@ def _next_start(buf: bytes | mmap.mmap, pos: int) -> int:
     return len(buf)
 
 
-def scan_offsets(buf: bytes | mmap.mmap, where: str) -> np.ndarray:
+def scan_offsets(buf: bytes | mmap.mmap, where: str, damaged: list[Damaged] | None = None) -> np.ndarray:
     """Record start offsets found by walking the file (no `.idx`). [N] int64
 
-    A bad stretch is logged, kept as ONE placeholder offset (reading it raises the error naming that offset,
-    so later keys keep their numbers when a single record is damaged), and skipped by searching for the next
-    aligned magic; the rest of the file stays usable.
+    A bad stretch is logged, appended to `damaged` (when given) as (offset, reason), kept as ONE placeholder
+    offset (reading it raises the error naming that offset, so later keys keep their numbers when a single
+    record is damaged), and skipped by searching for the next aligned magic; the rest of the file stays usable.
     """
     offsets, pos = [], 0
     while pos < len(buf):
         offsets.append(pos)
         try:
             pos = read_record(buf, pos, where)[1]
-        except FacelabError as e:
+        except DamagedRecord as e:
             log.warning("%s; skipping to the next record", e)
+            if damaged is not None:
+                _note(damaged, pos, str(e))
             pos = _next_start(buf, pos + 4)
     return np.asarray(offsets, dtype=np.int64)
 
@@ -140,14 +165,14 @@ def pack_image(label: float | Sequence[float], image: bytes, id: int = 0, id2: i
 
 
 def unpack_image(payload: bytes, where: str) -> tuple[RecordHeader, bytes]:
-    """Image record payload -> (header, encoded image bytes)."""
+    """Image record payload -> (header, encoded image bytes); DamagedRecord if the header does not fit."""
     if len(payload) < _IR.size:
-        raise FacelabError(f"{where}: record of {len(payload)} bytes is shorter than its 24-byte header")
+        raise DamagedRecord(f"{where}: record of {len(payload)} bytes is shorter than its 24-byte header")
     flag, label, id_, id2 = _IR.unpack_from(payload)
     end = _IR.size + 4 * flag
     if len(payload) < end:
-        raise FacelabError(f"{where}: header announces {flag} labels but the record holds "
-                           f"{len(payload)} bytes")
+        raise DamagedRecord(f"{where}: header announces {flag} labels but the record holds "
+                            f"{len(payload)} bytes")
     labels = np.frombuffer(payload, "<f4", flag, _IR.size) if flag else np.array([label], np.float32)
     return RecordHeader(flag, labels.astype(np.float32), id_, id2), payload[end:]
 
@@ -193,17 +218,19 @@ class RecordFile:
     """Keyed random access to the records of a `.rec`, through its `.idx` or, without one, a scan.
 
     The file is memory-mapped lazily and re-mapped in each process (after a DataLoader fork), and the map is
-    never pickled, so the object can be handed to loader workers.
+    never pickled, so the object can be handed to loader workers. `damaged`: the (offset, reason) of every
+    damaged stretch the scan met (empty with an `.idx`, which is trusted and not walked).
     """
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
         self.path = Path(rec_path)
         self._mm: mmap.mmap | None = None
         self._pid = -1
+        self.damaged: list[Damaged] = []
         if idx_path is not None:
             self.keys, self.offsets = _read_idx(Path(idx_path))
         else:
-            self.offsets = scan_offsets(self._map(), str(self.path))
+            self.offsets = scan_offsets(self._map(), str(self.path), self.damaged)
             self.keys = np.arange(len(self.offsets), dtype=np.int64)
             log.info("scanned %s: %d records (no .idx)", self.path, len(self.offsets))
         self._dense = bool(np.array_equal(self.keys, np.arange(len(self.keys))))
@@ -274,11 +301,17 @@ class RecordIODataset(Dataset):
         left-right when `flip` — so this is a drop-in training dataset.
     `labels` ([N] int64) comes from the identity records when the file has them (no pass over the images);
     each read checks the record's own label against it.
+
+    `damaged` lists the (offset, reason) of every record left out or found unreadable: in a plain file every
+    record is read to index it, so all of them are known at once (and left out of the dataset); in the
+    insightface layout the images are not read up front, so it holds those the scan met (no `.idx`) and grows
+    as `readable()` meets more (indexing `ds[i]` of a damaged image raises DamagedRecord).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.rec_path, idx, prop = _resolve(Path(path))
         self.file = RecordFile(self.rec_path, idx)
+        self.damaged: list[Damaged] = list(self.file.damaged)
         self.image_keys, self.labels = self._index()
         self.size: tuple[int, int] | None = None  # (H, W) from `property`
         if prop is not None:
@@ -330,7 +363,7 @@ class RecordIODataset(Dataset):
                 labels.append(self._record_label(int(key)))
                 keys.append(int(key))
             except FacelabError as e:
-                log.warning("%s; record left out", e)
+                self._leave_out(int(key), e)
         return np.asarray(keys, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
     def _record_label(self, key: int) -> int:
@@ -363,6 +396,22 @@ class RecordIODataset(Dataset):
             raise FacelabError(f"{self.rec_path}: record {key} at byte offset {self.file.offset(key)} has "
                                f"label {label} but its identity record says {self.labels[index]}")
         return image, label
+
+    def readable(self) -> Iterator[tuple[int, bytes, int]]:
+        """(index, encoded image bytes, label) of every image in order, leaving out (logged, and appended to
+        `damaged`) those whose record is damaged. Other errors (a label its identity record contradicts) raise."""
+        for index, key in enumerate(self.image_keys):
+            try:
+                data, label = self.raw(index)
+            except DamagedRecord as e:
+                self._leave_out(int(key), e)
+                continue
+            yield index, data, label
+
+    def _leave_out(self, key: int, error: FacelabError) -> None:
+        """List record `key` in `damaged`; logged unless the scan already reported that offset."""
+        if _note(self.damaged, self.file.offset(key), str(error)):
+            log.warning("%s; record left out", error)
 
     def __getitem__(self, item: int | tuple[int, bool]) -> tuple[np.ndarray, int] | tuple[torch.Tensor, int]:
         index, flip = (int(item[0]), bool(item[1])) if isinstance(item, tuple) else (int(item), None)
