@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                           "training set": f"{identities} ids × {per_id}", "images/s": f"{sum(speed) / len(speed):.0f}",
                           "F1 threshold (d²)": f"{sum(f1) / len(f1):.3f}"}
     command = "facelab experiment pairs" + (" --quick" if args.quick else "")
-    intro = (f"Seeds {args.seeds} per row (mean ± std over seeds), {plan['steps']} steps of batch {plan['batch']} on the demo recipe "
+    intro = (f"Seeds {args.seeds} per row (mean ± std over seeds), {plan['steps']} steps of batch {plan['batch']} "
+             "on the demo recipe "
              f"(tiny backbone, 128-d, SGD lr 0.1, cosine, warm-up {plan['steps'] // 10}); pair losses on P x K "
              f"batches (K = {plan['k']}), no head. 10-fold verification accuracy on {plan['pairs']} synth-lfw pairs "
              "of unseen identities.")
