@@ -114,12 +114,13 @@ def _cmd_overlap(a: argparse.Namespace) -> int:
     from facelab.eval.overlap import find_overlap
 
     s = find_overlap(a.model, a.dataset_a, a.dataset_b, a.out, truth=a.truth, threshold=a.threshold, merge=a.merge,
-                     centre=a.centre)
+                     centre=a.centre, truth_datasets=a.truth_datasets)
     print(f"{s['called']} classes of B called shared with A at cosine >= {s['threshold']}")
     for key in ("at_threshold", "best_f1"):
         if key in s:
             r = s[key]
-            print(f"{key}: threshold {r['threshold']:.3f} precision {r['precision']:.3f} recall {r['recall']:.3f} "
+            shown = "none" if r["threshold"] is None else f"{r['threshold']:.6f}"
+            print(f"{key}: threshold {shown} precision {r['precision']:.3f} recall {r['recall']:.3f} "
                   f"F1 {r['f1']:.3f}")
     print(f"ranked candidates in {a.out}/candidates.csv")
     return 0
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset_b", type=Path, help="aligned images, one sub-folder per identity")
     s.add_argument("--model", required=True, help=f"whose model embeds the images: {_MODEL_HELP}")
     s.add_argument("--truth", type=Path, default=None, help="CSV with a_class,b_class columns (synth overlap.csv)")
+    s.add_argument("--truth-datasets", nargs=2, metavar=("A", "B"), default=None,
+                   help="the truth file's dataset names of A and B (default: found in their paths)")
     s.add_argument("--threshold", type=float, default=0.5, help="centre cosine from which a pair is shared")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--merge", type=Path, default=None, help="write a merged folder (shared pairs = one class)")

@@ -47,6 +47,8 @@ def test_precision_recall_and_best_f1():
     assert (r["called"], r["true"], r["precision"], r["recall"]) == (2, 1, 0.5, 0.5)
     best = best_f1(rows, truth)  # t=0.9: P 1, R .5, F1 2/3; t=0.4: P 2/3, R 1, F1 0.8
     assert best["threshold"] == 0.4 and best["f1"] == pytest.approx(0.8)
+    none = best_f1(rows, {("a9", "b9")})  # no true pair among the candidates: call nothing, no threshold
+    assert none["threshold"] is None and none["called"] == 0 and none["f1"] == 0.0
 
 
 def test_merge_puts_shared_pairs_in_one_class(tmp_path):
@@ -67,6 +69,15 @@ def test_merge_puts_shared_pairs_in_one_class(tmp_path):
 def test_truth_file(tmp_path):
     (tmp_path / "t.csv").write_text("a_dataset,a_class,b_dataset,b_class,pool_identity\nA,00002,B,00000,2\n")
     assert read_truth(tmp_path / "t.csv") == {("00002", "00000")}
+    three = ("a_dataset,a_class,b_dataset,b_class,pool_identity\nA,00002,B,00000,2\nA,00004,C,00001,4\n"
+             "C,00007,B,00003,9\n")  # synth --datasets 3: the A-C and C-B rows are not about A vs B
+    (tmp_path / "three.csv").write_text(three)
+    assert read_truth(tmp_path / "three.csv", ("A", "B")) == {("00002", "00000")}
+    assert read_truth(tmp_path / "three.csv", ("B", "C")) == {("00003", "00007")}  # C-B row, swapped
+    found = read_truth(tmp_path / "three.csv", a=tmp_path / "out" / "A" / "aligned", b=tmp_path / "out" / "C")
+    assert found == {("00004", "00001")}
+    with pytest.raises(FacelabError, match="truth-datasets"):
+        read_truth(tmp_path / "three.csv", a=tmp_path / "x", b=tmp_path / "y")
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(FacelabError, match="a_class"):
         read_truth(tmp_path / "bad.csv")

@@ -59,8 +59,13 @@ def candidates(feats_a: np.ndarray, names_a: np.ndarray, feats_b: np.ndarray, na
     return sorted(rows, key=lambda r: -r["similarity"])
 
 
-def read_truth(path: Path) -> set[tuple[str, str]]:
-    """{(a_class, b_class)} from a CSV with those columns."""
+def read_truth(path: Path, datasets: tuple[str, str] | None = None, a: Path | None = None,
+               b: Path | None = None) -> set[tuple[str, str]]:
+    """{(a_class, b_class)} from a CSV with those columns. A truth file of several datasets (columns
+    a_dataset, b_dataset, as `facelab synth --datasets N` writes) keeps only the rows of the two datasets
+    compared: `datasets` (name of A's, name of B's), else the names found in the paths of folders `a` and `b`
+    (e.g. OUT/A/aligned is dataset A); rows listed the other way round are swapped. A file of one pair of
+    datasets is taken whole."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -68,7 +73,22 @@ def read_truth(path: Path) -> set[tuple[str, str]]:
         raise FacelabError(f"{path}: cannot read the overlap truth ({e.strerror})") from None
     if rows and not {"a_class", "b_class"} <= set(rows[0]):
         raise FacelabError(f"{path}: the overlap truth needs a_class and b_class columns, has {list(rows[0])}")
-    return {(r["a_class"], r["b_class"]) for r in rows}
+    kinds = {(r["a_dataset"], r["b_dataset"]) for r in rows} if rows and "a_dataset" in rows[0] else set()
+    if datasets is None and len(kinds) <= 1 or "b_dataset" not in rows[0]:  # one pair of datasets: every row
+        return {(r["a_class"], r["b_class"]) for r in rows}
+    names = {r["a_dataset"] for r in rows} | {r["b_dataset"] for r in rows}
+    da, db = datasets or (_dataset_in_path(a, names, path), _dataset_in_path(b, names, path))
+    pairs = {(r["a_class"], r["b_class"]) for r in rows if (r["a_dataset"], r["b_dataset"]) == (da, db)}
+    return pairs | {(r["b_class"], r["a_class"]) for r in rows if (r["a_dataset"], r["b_dataset"]) == (db, da)}
+
+
+def _dataset_in_path(folder: Path | None, names: set[str], truth: Path) -> str:
+    """The dataset name of `truth` that is a component of `folder`'s path (the one nearest its end)."""
+    for part in reversed(Path(folder).resolve().parts if folder is not None else ()):
+        if part in names:
+            return part
+    raise FacelabError(f"{truth}: holds datasets {sorted(names)}; cannot tell which is {folder} from its path "
+                       "(name them with --truth-datasets A B)")
 
 
 def precision_recall(rows: list[dict], truth: set[tuple[str, str]], threshold: float) -> dict:
@@ -82,8 +102,9 @@ def precision_recall(rows: list[dict], truth: set[tuple[str, str]], threshold: f
 
 
 def best_f1(rows: list[dict], truth: set[tuple[str, str]]) -> dict:
-    """precision_recall at the candidate similarity with the highest F1 (ties: the higher threshold)."""
-    best = precision_recall(rows, truth, float("inf"))
+    """precision_recall at the candidate similarity with the highest F1 (ties: the higher threshold); with no
+    threshold above F1 0 (no true pair among the candidates), the result of calling nothing, threshold None."""
+    best = {**precision_recall(rows, truth, float("inf")), "threshold": None}
     for t in sorted({r["similarity"] for r in rows}, reverse=True):
         result = precision_recall(rows, truth, t)
         if result["f1"] > best["f1"]:
@@ -116,14 +137,15 @@ def _write_candidates(path: Path, rows: list[dict]) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, ["b_class", "a_class", "similarity", "sample_agreement"], lineterminator="\n")
             w.writeheader()
-            w.writerows({**r, "similarity": f"{r['similarity']:.4f}",
+            w.writerows({**r, "similarity": f"{r['similarity']:.6f}",
                          "sample_agreement": f"{r['sample_agreement']:.3f}"} for r in rows)
 
     write_atomic(path, write)
 
 
 def find_overlap(model_run: str | Path, a: Path, b: Path, out: Path, truth: Path | None = None,
-                 threshold: float = 0.5, merge: Path | None = None, centre: bool = False) -> dict:
+                 threshold: float = 0.5, merge: Path | None = None, centre: bool = False,
+                 truth_datasets: tuple[str, str] | None = None) -> dict:
     """Embed both folders with the run's model, write candidates.csv and overlap.json to `out` (see module)."""
     from facelab.eval.search import _embed_folder
     from facelab.train.checkpoint import resolve_checkpoint
@@ -138,7 +160,7 @@ def find_overlap(model_run: str | Path, a: Path, b: Path, out: Path, truth: Path
     summary: dict = {"a": str(a), "b": str(b), "threshold": threshold, "centre": centre,
                      "called": sum(r["similarity"] >= threshold for r in rows)}
     if truth is not None:
-        pairs = read_truth(truth)
+        pairs = read_truth(truth, truth_datasets, Path(a), Path(b))
         summary["at_threshold"] = precision_recall(rows, pairs, threshold)
         summary["best_f1"] = best_f1(rows, pairs)
     if merge is not None:
