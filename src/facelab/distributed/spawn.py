@@ -13,6 +13,7 @@ def _entry(rank: int, fn: Callable, world_size: int, init: str, args: tuple) -> 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
