@@ -1,5 +1,6 @@
 """DAIL dataset-aware softmax and crossing dropout: the head's loss against a per-sample loop over columns."""
 
+import copy
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, build_head
 from facelab.heads.dataset_mask import DatasetMask, logit_columns
+from facelab.heads.margins import MARGINS as REGISTRY
 
 OFFSETS = [0, 3, 7, 10]  # datasets of 3, 4 and 3 classes
 
@@ -70,6 +72,67 @@ def test_crossing_dropout_adds_the_drawn_columns(margin, kwargs):
     ex, = torch.autograd.grad(expected, [x])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(gx, ex, rtol=1e-4, atol=1e-5)
+
+
+def registry_setup(margin, p):
+    """A float64 head of `margin` (registry defaults) with the dataset mask, embeddings of norm ~20-70 (inside
+    MagFace's [l_a, u_a] = [10, 110], so its margin and regulariser see the norm) and labels; training mode."""
+    head, x, labels = setup(margin, {}, p=p)
+    head.double()
+    head.dataset_mask.step = 5
+    return head, (20.0 * x.detach()).double().requires_grad_(), labels
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("margin", sorted(REGISTRY))
+def test_every_registered_margin_softmax_runs_over_the_kept_columns(margin, p):
+    """Every margin of the registry, float64, training mode: the head's loss and its gradients (embeddings, class
+    centres and the classifier's other parameters) equal the margin's own logits, then -log(e^{z_y} / Σ_{j kept}
+    e^{z_j}) per sample over the kept columns only (own dataset, plus the crossing-dropout draws for p > 0),
+    averaged, plus the margin's regulariser. Stateful margins (AdaCos dynamic, CurricularFace, AdaFace) update
+    their buffers in training mode: the reference runs on a copy taken before the head's forward, so both sides
+    update from the same state with the same batch; margins with random draws (ElasticFace) get the same seed."""
+    head, x, labels = registry_setup(margin, p)
+    ref = copy.deepcopy(head)  # same weights, same buffers, before either side updates them
+    ref.dataset_mask = None
+    params = [q for q in head.classifier.parameters()]  # weight (centres), bias (softmax), class_margins (AdaM)
+    torch.manual_seed(11)
+    out = head(x, labels)
+    grads = torch.autograd.grad(out["loss"], [x, *params])
+
+    torch.manual_seed(11)
+    c = ref.classifier(x, labels)
+    z = ref.margin(c)  # the margin's logits [12, 10], no mask
+    assert z.dtype == torch.float64
+    own = [[j for j in range(10) if dataset_by_loop(j) == dataset_by_loop(y)] for y in labels.tolist()]
+    if p == 0.0:
+        kept = own
+    else:  # the crossing-dropout draw (seed, step, first column): the one the head took
+        keep = DatasetMask(OFFSETS, p, seed=3)
+        keep.step = 5
+        draw = keep.keep(labels, torch.arange(10))
+        kept = [[j for j in range(10) if draw[i, j]] for i in range(12)]
+        assert all(set(o) <= set(k) for o, k in zip(own, kept, strict=True))
+        extra = sum(len(k) - len(o) for o, k in zip(own, kept, strict=True))
+        assert 0 < extra < sum(10 - len(o) for o in own)  # some other-dataset columns drawn, not all
+    ce = torch.stack([
+        -torch.log(torch.exp(z[i, y]) / torch.exp(z[i, kept[i]]).sum()) for i, y in enumerate(labels.tolist())
+    ]).mean()
+    reg = ref.margin.regularizer(c)
+    expected = ce if reg is None else ce + reg
+    ref_params = [q for q in ref.classifier.parameters()]
+    expected_grads = torch.autograd.grad(expected, [x, *ref_params])
+
+    assert ("reg" in out) == (reg is not None)
+    assert out["ce"].item() == pytest.approx(ce.item(), rel=1e-10)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-10)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10 * (1.0 + want.abs().max().item()))
+    assert grads[1].abs().max() > 0  # the class centres get a gradient at all
+    for (name, b), (_, b_ref) in zip(head.margin.named_buffers(), ref.margin.named_buffers(), strict=True):
+        torch.testing.assert_close(b, b_ref, rtol=0, atol=0, msg=f"buffer {name}")  # both saw the same state
+    if p == 0.0:  # the other datasets' columns pushed the sample away before the mask
+        assert torch.nn.functional.cross_entropy(z, c.labels).item() > ce.item() + 1e-6
 
 
 def test_dropout_draw_rate_seed_and_step():
