@@ -281,3 +281,25 @@ def test_uniform_histogram_draws_equally_from_every_nonempty_bin(miner_kwargs):
             for i, j in ps:
                 f = picked[kind][i, j].item() / draws
                 assert abs(f - q) <= 5 * math.sqrt(max(q * (1 - q), 1 / draws) / draws), (kind, b, (i, j), f, q)
+
+
+def test_distance_weighted_keeps_anchors_whose_negatives_are_all_far_at_face_embedding_sizes():
+    """n = 512: anchors of identities 0/1 have a negative at d = 0.6 (log-weight 284.5), those of identities 2/3
+    only one at d = 1.0 (73.2; the rest >= 1.4). One batch-wide maximum, as PML subtracts, underflows the
+    second rows to 0 in float32 and drops those anchors; facelab's per-anchor normalisation draws the d = 1.0
+    negative with probability 1 (the only one with a non-zero weight)."""
+    n = 512
+    e = torch.eye(n)
+    x = e[0]
+    y = 0.82 * e[0] + (1 - 0.82**2) ** 0.5 * e[1]  # |x - y| = sqrt(2 - 2·0.82) = 0.6
+    u = e[3]  # sqrt(2) from x and y
+    w = 0.5 * e[3] + 0.75**0.5 * e[4]  # |u - w| = 1.0, sqrt(2) from x and y
+    emb = torch.stack([x, x, y, y, u, u, w, w])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    miner = build_pair_objective(PairsConfig(loss="margin", miner="distance_weighted")).miner
+    torch.manual_seed(0)
+    a, p, neg = miner(emb, labels)
+    pairs = {(int(i), int(j)) for i, j in zip(a, neg, strict=True)}
+    assert {int(i) for i in a} == set(range(8))  # every anchor gets its triplets
+    assert {j for i, j in pairs if i in (4, 5)} == {6, 7} and {j for i, j in pairs if i in (6, 7)} == {4, 5}
+    assert {j for i, j in pairs if i in (0, 1)} == {2, 3} and {j for i, j in pairs if i in (2, 3)} == {0, 1}

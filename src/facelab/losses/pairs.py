@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 from pytorch_metric_learning import distances, losses, miners
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper, is_distributed
 from torch import nn
 
@@ -40,11 +41,31 @@ LOSSES: dict[str, Callable[..., losses.BaseMetricLossFunction]] = {
     "triplet": lambda distance, **kw: losses.TripletMarginLoss(distance=distance, **{"margin": 0.2, **kw}),
     "margin": lambda distance, **kw: losses.MarginLoss(distance=distance, **{"learn_beta": True, **kw}),
 }
+
+
+class DistanceWeightedMiner(miners.DistanceWeightedMiner):
+    """PML's distance-weighted negative sampling (Wu et al. 2017, Sec. 4: weight ∝ d^(2-n)·(1 - d²/4)^((3-n)/2),
+    d clamped at `cutoff` 0.5, zero from `nonzero_loss_cutoff` 1.4, then PML's sampler), with the log-weights
+    normalised per anchor. PML subtracts one maximum for the whole batch before exp in float32: at face
+    embedding sizes (n = 128-512) the log-weights of a batch span hundreds of nats, so the rows of anchors whose
+    negatives are all farther than another anchor's underflow to zero and those anchors are silently dropped."""
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        n = embeddings.size(1)
+        dist = self.distance(embeddings, ref_emb).clamp(min=self.cutoff)  # [B, R]
+        log_w = (2.0 - n) * torch.log(dist) - ((n - 3) / 2) * torch.log1p(-0.25 * dist**2)  # [B, R]
+        usable = (labels[:, None] != ref_labels[None, :]) & (dist < self.nonzero_loss_cutoff) & log_w.isfinite()
+        log_w = log_w.masked_fill(~usable, float("-inf"))
+        w = torch.exp(log_w - log_w.amax(1, keepdim=True)).nan_to_num(nan=0.0)  # a row without negatives: 0
+        w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        return lmu.get_random_triplet_indices(labels, ref_labels=ref_labels, weights=w)
+
+
 MINERS: dict[str, Callable[..., miners.BaseMiner] | None] = {
     "": None,
     "semihard": lambda distance, **kw: miners.TripletMarginMiner(distance=distance, type_of_triplets="semihard",
                                                                  **kw),
-    "distance_weighted": lambda distance, **kw: miners.DistanceWeightedMiner(distance=distance, **kw),
+    "distance_weighted": lambda distance, **kw: DistanceWeightedMiner(distance=distance, **kw),
     "uniform_histogram": lambda distance, **kw: miners.UniformHistogramMiner(distance=distance, **kw),
 }
 
