@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.bench_throughput import sync
+from bench.bench_throughput import device_defaults, sync
 from facelab.backbones import build_backbone
 from facelab.data.transforms import check_preprocess
 from facelab.eval.embed import eval_mode, forward_batches
@@ -133,12 +133,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="runs per figure, best kept")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads in this process")
     p.add_argument("--fixture", type=Path, default=None, help="write (and keep) the fixture here")
-    args = p.parse_args(argv)
-    defaults = GPU_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return device_defaults(p.parse_args(argv), CPU_DEFAULTS, GPU_DEFAULTS)
 
 
 def run(args: argparse.Namespace, root: Path) -> dict:

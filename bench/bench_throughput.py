@@ -45,6 +45,14 @@ CPU_DEFAULTS = {"batch_size": 2, "steps": 1, "warmup": 1, "classes": 1000}  # a 
 GPU_DEFAULTS = {"batch_size": 256, "steps": 20, "warmup": 5, "classes": 10000}
 
 
+def device_defaults(args: argparse.Namespace, cpu: dict, gpu: dict) -> argparse.Namespace:
+    """Fill the options left at None with the CPU or the GPU defaults (by args.device)."""
+    for key, value in (gpu if torch.device(args.device).type == "cuda" else cpu).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -134,12 +142,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the backbone")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
-    args = p.parse_args(argv)
-    defaults = GPU_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return device_defaults(p.parse_args(argv), CPU_DEFAULTS, GPU_DEFAULTS)
 
 
 def bench_model(model: str, args, device: torch.device, loader, sampler, peaks: dict) -> list[tuple]:
