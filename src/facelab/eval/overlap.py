@@ -73,8 +73,9 @@ def read_truth(path: Path, datasets: tuple[str, str] | None = None, a: Path | No
         raise FacelabError(f"{path}: cannot read the overlap truth ({e.strerror})") from None
     if rows and not {"a_class", "b_class"} <= set(rows[0]):
         raise FacelabError(f"{path}: the overlap truth needs a_class and b_class columns, has {list(rows[0])}")
-    kinds = {(r["a_dataset"], r["b_dataset"]) for r in rows} if rows and "a_dataset" in rows[0] else set()
-    if datasets is None and len(kinds) <= 1 or "b_dataset" not in rows[0]:  # one pair of datasets: every row
+    named = bool(rows) and {"a_dataset", "b_dataset"} <= set(rows[0])
+    kinds = {(r["a_dataset"], r["b_dataset"]) for r in rows} if named else set()
+    if not named or (datasets is None and len(kinds) == 1):  # one pair of datasets: every row
         return {(r["a_class"], r["b_class"]) for r in rows}
     names = {r["a_dataset"] for r in rows} | {r["b_dataset"] for r in rows}
     da, db = datasets or (_dataset_in_path(a, names, path), _dataset_in_path(b, names, path))
