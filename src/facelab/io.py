@@ -34,6 +34,13 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+
+def write_skipped(path: Path, key: str, rows: list[tuple[object, str]]) -> None:
+    """`skipped.csv`: a `<key>,reason` header and one row per skipped item, commas in reasons turned into ';'
+    (atomic, like every file facelab writes). Shared by `facelab align` (key image) and `convert` (offset)."""
+    text = "".join(f"{k},{reason.replace(',', ';')}\n" for k, reason in rows)
+    write_atomic(path, lambda tmp: tmp.write_text(f"{key},reason\n" + text))
+
 def _umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it: put it straight back
     os.umask(mask)

@@ -13,7 +13,7 @@ import numpy as np
 
 from facelab.align.warp import align_face, check_landmarks
 from facelab.errors import FacelabError
-from facelab.io import IMAGE_SUFFIXES, encode_image, read_image, write_atomic
+from facelab.io import IMAGE_SUFFIXES, encode_image, read_image, write_atomic, write_skipped
 
 log = logging.getLogger(__name__)
 HEADER = ["image", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"]
@@ -83,8 +83,7 @@ def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112, workers
     skipped.update({j[0].relative_to(src).as_posix(): r for j, r in zip(jobs, reasons, strict=True) if r})
     for name, reason in sorted(skipped.items()):
         log.warning("skipped %s: %s", name, reason)
-    rows = "".join(f"{n},{r.replace(',', ';')}\n" for n, r in sorted(skipped.items()))
-    write_atomic(out / "skipped.csv", lambda tmp: tmp.write_text("image,reason\n" + rows))
+    write_skipped(out / "skipped.csv", "image", sorted(skipped.items()))
     summary = {"aligned": len(jobs) - sum(r is not None for r in reasons), "skipped": len(skipped), "size": size}
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(summary)))
     return summary

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from facelab.data.folder import scan_folder
 from facelab.data.recordio import Damaged, RecordIODataset, read_property, write_rec_files
 from facelab.errors import FacelabError
-from facelab.io import decode_image, write_atomic
+from facelab.io import decode_image, write_skipped
 
 log = logging.getLogger(__name__)
 
@@ -255,18 +255,12 @@ def convert(src: Path, dst: Path, fmt: str | None = None) -> dict:
         _write_tree(dst, source, size, None)
     damaged = sorted(source.damaged)
     if damaged:
-        _write_skipped(output_dir(dst, dst_fmt) / "skipped.csv", damaged)
+        write_skipped(output_dir(dst, dst_fmt) / "skipped.csv", "offset", damaged)
     log.info("converted %s (%s) -> %s (%s): %d images, %d identities, %d damaged records skipped", src, src_fmt,
              dst, dst_fmt, tally.count, len(source.classes), len(damaged))
     return {"src_format": src_fmt, "dst_format": dst_fmt, "images": tally.count,
             "classes": len(source.classes), "height": int(size[0]), "width": int(size[1]),
             "skipped": len(damaged), "damaged": damaged}
-
-
-def _write_skipped(path: Path, damaged: list[Damaged]) -> None:
-    """`offset,reason` rows, one per damaged record (commas in reasons become ';', as in align's file)."""
-    rows = "".join(f"{d.offset},{d.reason.replace(',', ';')}\n" for d in damaged)
-    write_atomic(path, lambda tmp: tmp.write_text("offset,reason\n" + rows))
 
 
 def _prepend(first: tuple, rest: Iterator) -> Iterator:
