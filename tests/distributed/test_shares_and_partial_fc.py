@@ -2,6 +2,7 @@
 parts: the functions are the identity or local at world size 1)."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from facelab.config import config_from_dict
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.distributed.batchnorm import GlobalBatchNorm, convert_batchnorm
-from facelab.distributed.partial_fc import sample_columns, seeded_normal, seeded_uniform
+from facelab.distributed.partial_fc import generator, sample_columns, seeded_normal, seeded_uniform
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, build_head
 from facelab.train.task import FaceTask
@@ -53,6 +54,71 @@ def test_sample_columns_keeps_positives_and_the_rate():
     assert not torch.equal(cols, sample_columns(local, 100, 0.1, (0, 6, 1)))  # next step: another one
     many = sample_columns(torch.arange(30), 100, 0.1, (0, 0, 0))
     assert torch.equal(many, torch.arange(30))  # more positives than the rate: all positives, no negative
+
+
+def reference_columns(local, num_local, rate, key):
+    """The Partial FC rule by hand: the positive classes, then the other classes in decreasing order of their
+    uniform score from generator(*key), until max(ceil(rate·C), #positives) columns; sorted."""
+    score = torch.rand(num_local, generator=generator(*key)).tolist()
+    positives = sorted({int(c) for c in local if c >= 0})
+    others = sorted((c for c in range(num_local) if c not in positives), key=lambda c: -score[c])
+    keep = max(math.ceil(rate * num_local), len(positives))
+    return sorted(positives + others[: keep - len(positives)])
+
+
+@pytest.mark.parametrize(("batch", "num_local", "rate"), [(8, 1000, 0.1), (64, 300, 0.1), (5, 7, 0.5), (0, 50, 0.2)])
+def test_sample_columns_is_the_positives_then_the_highest_scores(batch, num_local, rate):
+    g = torch.Generator().manual_seed(batch + num_local)
+    local = torch.randint(-1, num_local, (batch,), generator=g)  # -1: the target is on another rank
+    for step in range(3):
+        cols = sample_columns(local, num_local, rate, (7, step, 1))
+        assert cols.tolist() == reference_columns(local, num_local, rate, (7, step, 1))
+
+
+def test_partial_fc_draws_resume_from_the_stored_step():
+    """A classifier rebuilt from a state dict, or one that loads an earlier state, draws the columns an
+    uninterrupted one draws from that step on (the step is counted on the host between loads)."""
+    labels = torch.tensor([3, 50, 50, 91])
+    x = torch.randn(4, 6)
+
+    def draws(clf, n):
+        columns = []
+        for _ in range(n):
+            clf(x, labels)
+            columns.append(clf.columns.tolist())
+        return columns
+
+    whole = draws(Classifier(6, 200, sample_rate=0.1, seed=0), 5)
+    assert all(a != b for a, b in zip(whole[:-1], whole[1:], strict=True))  # every step another sample
+    first = Classifier(6, 200, sample_rate=0.1, seed=0)
+    assert draws(first, 2) == whole[:2]
+    state = first.state_dict()
+    assert int(state["sample_step"]) == 2
+    rebuilt = Classifier(6, 200, sample_rate=0.1, seed=0)
+    rebuilt.load_state_dict(state)
+    assert draws(rebuilt, 3) == whole[2:]
+    first.load_state_dict({**state, "sample_step": torch.tensor(0)})  # back to the start, on a used classifier
+    assert draws(first, 2) == whole[:2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_partial_fc_step_on_cuda_has_no_host_sync():
+    """When the rate keeps more columns than the batch has labels, a Partial FC head's training step queues
+    its work without waiting for the GPU (CUDA sync debug mode turns any sync into an error)."""
+    head = build_head("arcface", 64, 100_000, classifier_kwargs={"sample_rate": 0.1, "seed": 0}).cuda()
+    x = torch.randn(256, 64, device="cuda", requires_grad=True)
+    labels = torch.randint(0, 100_000, (256,), device="cuda")
+    head(x, labels)  # the first draw reads the stored step (one sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        head(x, labels)["loss"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    cols = head.classifier.columns - head.classifier.start
+    assert cols.device.type == "cuda" and len(cols) == 10_000
+    assert torch.isin(labels, head.classifier.columns).all()
 
 
 @pytest.mark.parametrize(("margin", "kwargs"), [("arcface", {"s": 16.0}), ("softmax", {})])

@@ -2,7 +2,10 @@
 recognition CNNs by Partial FC"): each step, each shard of the classifier keeps the positive classes of
 the (global) batch plus a uniform random subset of its other classes, so that about `sample_rate`·C_local
 columns enter the softmax. The sample is drawn from a generator seeded by (seed, step, rank), so a resumed
-run draws the same columns. Also: rank-independent initialisation of the class centres (a class gets the
+run draws the same columns. The draw runs where the labels are (a CUDA generator on a GPU; the CPU and the
+GPU streams differ, so a run resumed on the other kind of device draws other columns), without copying the
+labels to the host, and it needs the number of positive classes (one device sync) only when the batch
+could hold more than the rate keeps. Also: rank-independent initialisation of the class centres (a class gets the
 same centre whatever the world size), used when the classifier is given a seed.
 """
 
@@ -24,22 +27,23 @@ def check_sample_rate(rate: object) -> float:
     return float(rate)
 
 
-def generator(*key: int) -> torch.Generator:
-    """A CPU torch generator seeded from the integers `key` (numpy SeedSequence: well-mixed, no overlap)."""
+def generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator on `device` seeded from the integers `key` (numpy SeedSequence: well-mixed, no overlap)."""
     seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def sample_columns(local: Tensor, num_local: int, rate: float, key: tuple[int, int, int]) -> Tensor:
-    """Sorted local class ids [U]: every class in `local` [B] (local labels, -1: another rank's) plus
-    uniform random others, U = max(ceil(rate·num_local), #positives), drawn from generator(*key)."""
-    positive = torch.zeros(num_local, dtype=torch.bool)
-    positive[local[local >= 0].cpu()] = True
-    keep = max(math.ceil(rate * num_local), int(positive.sum()))
-    noise = torch.rand(num_local, generator=generator(*key))  # [C_local] one uniform score per class
-    noise[positive] = 2.0  # positives first: scores above any uniform draw
-    chosen = noise.topk(keep).indices  # [U]
-    return chosen.sort().values.to(local.device)
+    """Sorted local class ids [U] on local's device: every class in `local` [B] (local labels, -1: another
+    rank's) plus uniform random others, U = max(ceil(rate·num_local), #positives), drawn from
+    generator(*key) on local's device."""
+    score = torch.rand(num_local, generator=generator(*key, device=local.device), device=local.device)  # [C_local]
+    positive = (local >= 0).to(score.dtype) * 2.0  # [B] 2 for a local label: above any uniform draw
+    score = score.scatter_reduce(0, local.clamp(min=0), positive, reduce="amax")  # positives first
+    keep = math.ceil(rate * num_local)
+    if keep < min(len(local), num_local):  # the positives might outnumber the rate: count them (a sync)
+        keep = max(keep, int((score >= 2.0).sum()))
+    return score.topk(keep, sorted=False).indices.sort().values  # [U]
 
 
 def seeded_normal(seed: int, start: int, end: int, sub: int, dim: int, std: float) -> Tensor:

@@ -154,6 +154,7 @@ class Classifier(nn.Module):
             self.class_margins = nn.Parameter(seeded_uniform(seed, self.start, self.end, *init))
         if self.sample_rate < 1.0:  # Partial FC: the step number seeds each step's class sample (resumable)
             self.register_buffer("sample_step", torch.zeros((), dtype=torch.int64))
+        self._step: int | None = None  # sample_step as a Python int (reading the buffer on a GPU is a sync)
         self.hard_prototypes = hard_prototypes
         self.columns: Tensor | None = None  # class ids of the columns of the last forward; None: all classes
 
@@ -208,11 +209,12 @@ class Classifier(nn.Module):
         if not self.normalize:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             if classes is not None:  # Partial FC on raw logits (one centre per class)
-                weight, bias = weight[classes], None if bias is None else bias[classes]
+                weight, bias = weight.index_select(0, classes), None if bias is None else bias.index_select(0, classes)
             return F.linear(x, weight, bias)
         num = self.num_local
-        if classes is not None:
-            weight, num = weight.view(num, self.sub_centers, -1)[classes].flatten(0, 1), len(classes)
+        if classes is not None:  # index_select: its backward is an index_add, no host sync on a GPU
+            weight = weight.view(num, -1).index_select(0, classes).view(-1, self.embedding_size)  # [U·K, d]
+            num = len(classes)
         cos = F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1)).clamp(-1.0, 1.0)  # [B, num*K]
         if self.sub_centers > 1:
             cos = cos.view(x.shape[0], num, self.sub_centers).max(dim=2).values  # [B, num]
@@ -249,8 +251,15 @@ class Classifier(nn.Module):
             return Cosines(cos, local, cos_y, x.norm(dim=1), margins, self.world_size)
 
     def sampled_classes(self, local: Tensor) -> Tensor:
-        """Partial FC: sorted local ids [U] of this step's positives plus random negatives (see partial_fc)."""
-        step = int(self.sample_step)
-        self.sample_step += 1
+        """Partial FC: sorted local ids [U] of this step's positives plus random negatives (see partial_fc).
+        The step number is read from the `sample_step` buffer once (after building or loading a state) and
+        counted on the host from then on; the buffer is advanced on its device for the checkpoint."""
+        step = int(self.sample_step) if self._step is None else self._step
+        self._step = step + 1
+        self.sample_step.add_(1)
         seed = 0 if self.seed is None else self.seed
         return sample_columns(local, self.num_local, self.sample_rate, (seed, step, self.rank))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._step = None  # a loaded sample_step: read it again at the next draw
