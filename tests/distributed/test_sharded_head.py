@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from facelab.distributed.loss import sharded_correct
 from facelab.distributed.spawn import spawn
 from facelab.heads import build_head
 from facelab.heads.margins import MARGINS
@@ -79,6 +80,7 @@ def compare(rank, size, out):
         err["margin_state"] = max(state, default=0.0)
         errors[margin] = err
     errors["partial_fc"] = partial_fc_error(rank, size)
+    errors["correct"] = correct_counts(rank, size)
     gathered = [None] * size
     torch.distributed.all_gather_object(gathered, errors)
     if rank == 0:
@@ -98,14 +100,36 @@ def partial_fc_error(rank, size):
     g = torch.Generator().manual_seed(4)
     x, labels = torch.randn(B, D, generator=g, dtype=torch.float64), torch.randint(0, 40, (B,), generator=g)
     mine = slice(rank * B // size, (rank + 1) * B // size)
-    loss = shard(x[mine], labels[mine])["loss"].item()
+    losses, logits = shard.forward_with_logits(x[mine], labels[mine])
+    correct = sharded_correct(logits, shard.batch_labels, clf.start, clf.columns)  # [B]
     parts = [None] * size
     torch.distributed.all_gather_object(parts, clf.columns.tolist())
     union = torch.tensor(sum(parts, []))  # sorted: rank ranges are in class order
     ref = full.margin(full.classifier(x, labels))[:, union]  # [B, U]
     ce = torch.nn.functional.cross_entropy(ref, torch.searchsorted(union, labels)).item()
-    return {"loss": abs(loss - ce), "labels_kept": float(not set(labels.tolist()) <= set(union.tolist())),
-            "columns": abs(len(union) - 10)}
+    return {"loss": abs(losses["loss"].item() - ce), "columns": abs(len(union) - 10),
+            "labels_kept": float(not set(labels.tolist()) <= set(union.tolist())),
+            "correct": float(not torch.equal(correct, union[ref.argmax(dim=1)] == labels))}
+
+
+def correct_counts(rank, size):
+    """sharded_correct (the best logit over every rank's columns is the label's) against the argmax of the
+    one-process logits; three samples are made right by construction (their centre is their embedding)."""
+    torch.manual_seed(2)
+    x, labels = batch()
+    emb = backbone()(x).detach()  # [B, D]
+    full = build_head("cosface", D, C, m=0.0).double()
+    shard = build_head("cosface", D, C, m=0.0, classifier_kwargs={"rank": rank, "world_size": size}).double()
+    clf = shard.classifier
+    with torch.no_grad():
+        for i in (0, 3, 6):
+            full.classifier.weight[labels[i]] = emb[i]
+        clf.weight.copy_(full.classifier.weight[clf.start : clf.end])
+    ref = full.forward_with_logits(emb, labels)[1].argmax(dim=1) == labels  # [B]
+    mine = slice(rank * B // size, (rank + 1) * B // size)
+    logits = shard.forward_with_logits(emb[mine], labels[mine])[1]  # [B, C_local] of the gathered batch
+    got = sharded_correct(logits, shard.batch_labels, clf.start, clf.columns)
+    return {"mismatches": int((got != ref).sum()), "right": int(ref.sum())}
 
 
 @pytest.fixture(scope="module")
@@ -127,4 +151,11 @@ def test_sharded_head_equals_single_process(errors, margin):
 
 def test_sharded_partial_fc_is_the_softmax_over_the_sampled_columns(errors):
     for per_margin in errors:
-        assert per_margin["partial_fc"] == {"loss": pytest.approx(0.0, abs=1e-9), "labels_kept": 0.0, "columns": 0}
+        assert per_margin["partial_fc"] == {"loss": pytest.approx(0.0, abs=1e-9), "labels_kept": 0.0, "columns": 0,
+                                            "correct": 0.0}
+
+
+def test_sharded_correct_is_the_one_process_argmax(errors):
+    for per_rank in errors:
+        assert per_rank["correct"]["mismatches"] == 0
+        assert 3 <= per_rank["correct"]["right"] < B  # both outcomes occur

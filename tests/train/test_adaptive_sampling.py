@@ -100,6 +100,9 @@ def test_task_reports_per_sample_correctness(tmp_path):
     images = torch.randint(0, 256, (6, 3, 112, 112), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     task(images, labels)
+    assert task.correct is None  # not computed unless Adaptive Data Sampling asks for it
+    task.track_correct = True
+    task(images, labels)
     emb = task.backbone(to_input(images, task.preprocess))
     _, logits = task.head.forward_with_logits(emb, labels)
     columns = task.head.classifier.columns.tolist()

@@ -59,6 +59,8 @@ class FaceTask(nn.Module):
         if not isinstance(self.head, NoHead):
             self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
         self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
+        # computed only for Adaptive Data Sampling: an argmax over [B, C_local] and, sharded, two all-gathers
+        self.track_correct = cfg.data.adaptive_sampling.enabled
         self.objectives = nn.ModuleDict(objectives)  # extra loss terms on the embeddings (see the module docstring)
         # (backbone as the training forward runs it: DDP-wrapped and/or torch.compiled,) or (); not a submodule
         self.parallel: tuple[nn.Module, ...] = ()
@@ -75,7 +77,7 @@ class FaceTask(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
         embeddings = (self.parallel or (self.backbone,))[0](to_input(images, self.preprocess))  # [B, d]
         losses, logits = self.head.forward_with_logits(embeddings, labels)
-        self.correct = None if logits is None else self._correct(logits, labels)
+        self.correct = self._correct(logits, labels) if self.track_correct and logits is not None else None
         for module in self.backbone.modules():
             _add_terms(losses, getattr(module, "aux_losses", dict)(), type(module).__name__)
         for name, objective in self.objectives.items():
