@@ -142,6 +142,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the backbone")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true",
+                   help="CUDA: cuDNN heuristics instead of timing algorithms (train.cudnn_benchmark: false)")
     return device_defaults(p.parse_args(argv), CPU_DEFAULTS, GPU_DEFAULTS)
 
 
@@ -173,9 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark  # as the training loop sets it on CUDA
     peaks, source = peak_flops(device, args.peak_tflops, args.threads)
+    cudnn = f", cudnn.benchmark {torch.backends.cudnn.benchmark}" if device.type == "cuda" else ""
     print(f"device {device}, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps, "
-          f"ArcFace over {args.classes} classes, loader: {args.workers} workers; peak: {source}")
+          f"ArcFace over {args.classes} classes, loader: {args.workers} workers; peak: {source}{cudnn}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="facelab-bench-") as tmp:
         per_id = max(2, -(-2 * args.batch_size // 16))  # 16 identities, at least two batches per epoch

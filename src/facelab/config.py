@@ -156,6 +156,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0  # 0 disables
     device: str = "cpu"
     channels_last: bool = False
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN time its convolution algorithms for the fixed input shape
     compile: bool = False  # torch.compile the backbone's training forward (inductor: a C++ compiler on CPU)
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end

@@ -144,6 +144,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     device = env.device
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":  # fixed 112×112 batches: the fastest algorithm found once serves the whole run
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
     torch.manual_seed(cfg.seed)
 
     dataset = open_training_data(cfg.data, preload=cfg.data.preload)  # data.train, or data.datasets (DAIL)
