@@ -62,3 +62,18 @@ def test_to_device_moves_tensors_and_dicts():
     images, labels, extras = torch.zeros(2, 3), torch.arange(2), {"hard": torch.ones(2)}
     out = to_device([images, labels, extras], torch.device("meta"))
     assert out[0].is_meta and out[1].is_meta and out[2]["hard"].is_meta and out[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_starting_epochs_leaves_the_global_rng_alone(workers):
+    """The training step's random draws (ElasticFace margins, random miners) come from torch's global RNG,
+    which a checkpoint restores; starting an epoch must not consume it, or a resumed run draws differently."""
+    sampler = EpochBatchSampler(20, 4, seed=0)
+    loader = make_loader(_Items(), sampler, workers, torch.device("cpu"))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    for epoch in range(2):
+        sampler.set_position(epoch)
+        next(iter(loader))
+    assert torch.equal(torch.rand(3), expected)

@@ -1,6 +1,7 @@
 """Per-batch head state (AdaCos scale, CurricularFace t, AdaFace μ/σ) is saved with the head and restored
-on resume: an interrupted and resumed run ends with the same buffers and weights as an uninterrupted one
-(and so does a GroupFace + Hard Prototype Mining run, whose extra parts live in model and head)."""
+on resume, and ElasticFace's random margins continue the stream the checkpoint's RNG state holds: an interrupted
+and resumed run ends with the same buffers and weights as an uninterrupted one (and so does a GroupFace + Hard
+Prototype Mining run, whose extra parts live in model and head)."""
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ CASES = {
     "adacos": {"head": {"margin": "adacos"}},
     "curricularface": {"head": {"margin": "curricularface", "kwargs": {"s": 16.0}}},
     "adaface": {"head": {"margin": "adaface", "kwargs": {"s": 16.0, "alpha": 0.2}}},
+    # draws its margins from torch's global RNG every step: exact only if the loader leaves that RNG alone
+    "elasticface_arc": {"head": {"margin": "elasticface_arc", "kwargs": {"s": 16.0}}},
     "groupface_hpm": {"head": {"margin": "arcface", "kwargs": {"s": 16.0}, "hard_prototypes": 2},
                       "model": {"groupface": {"groups": 3, "hidden": 8}}},
 }

@@ -20,9 +20,15 @@ def make_loader(
     workers: int,
     device: torch.device,
     prefetch_factor: int = 2,
+    seed: int = 0,
 ) -> DataLoader:
     """A DataLoader over `batch_sampler`'s batches: `workers` persistent processes (0: load in this process),
-    each keeping `prefetch_factor` batches ready; pinned memory when `device` is CUDA."""
+    each keeping `prefetch_factor` batches ready; pinned memory when `device` is CUDA.
+
+    The loader has its own generator (seeded by `seed`): every `iter()` draws the workers' base seed from it.
+    Without one it draws from torch's global RNG, so each epoch start, and a resume's first `iter()`, shifted
+    the stream that the training step draws from (ElasticFace's margins, random miners) and that a checkpoint
+    restores: a resumed run then drew other numbers than the uninterrupted one."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise FacelabError(f"config data.workers: {workers!r} is invalid: must be an integer >= 0")
     if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1:
@@ -33,6 +39,7 @@ def make_loader(
         batch_sampler=batch_sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
         **parallel,
     )
 

@@ -17,21 +17,29 @@ from facelab.io import write_atomic
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def rng_state() -> dict:
-    """Global RNG states as tensors and plain values, so checkpoints load with weights_only=True."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Global RNG states as tensors and plain values, so checkpoints load with weights_only=True; on a CUDA
+    `device` also its generator's (ElasticFace's margins and PML's random miners draw there)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "python": random.getstate(),
     }
+    if device is not None and device.type == "cuda":  # this process's device only: every rank seeds alike
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore `rng_state`'s states; the CUDA one when both the checkpoint and `device` are CUDA (a run
+    resumed on another kind of device draws its device numbers afresh)."""
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

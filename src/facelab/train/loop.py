@@ -84,7 +84,7 @@ def _save(run: Path, task, head: dict, opt: dict, scheduler, scaler, step: int, 
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
-            "rng": rng_state(),
+            "rng": rng_state(next(task.parameters()).device),  # with the CUDA generator's on a GPU
             "config": config_to_dict(cfg),
             "preprocess": task.preprocess,
             "num_classes": num_classes,
@@ -180,7 +180,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
         task.objectives.load_state_dict(ckpt.get("objectives", {}))
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], device)
         if isinstance(sampler, AdaptiveBatchSampler):
             sampler.load_state_dict(ckpt["sampler"])
         step = ckpt["step"]
@@ -196,7 +196,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv
     if plots and step == 0 and env.main:
         plots.before(task, run, device)
     task.train()
-    loader = make_loader(dataset, sampler, cfg.data.workers, device)  # once: persistent workers
+    loader = make_loader(dataset, sampler, cfg.data.workers, device, seed=cfg.seed)  # once: persistent workers
     pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (checked without a per-step sync)
     while step < end:
         sampler.set_position(*divmod(step, per_epoch))
