@@ -45,6 +45,12 @@ lint: setup
 setup-detector: setup
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 
+# pytorch-metric-learning as a wheel for the GPU machine's Python 3.12 (no registry there): bench/gpu_check.sh
+.PHONY: gpu-wheels
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl 'pytorch-metric-learning>=2.9,<3'
+
 # headless Chromium for the index.html rendering test (Debian package; the test is skipped without a browser)
 .PHONY: setup-browser
 setup-browser:
