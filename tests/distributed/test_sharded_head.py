@@ -32,10 +32,11 @@ def backbone():
     return lin
 
 
-def heads(margin, rank, size):
+def heads(margin, rank, size, classes=C, **classifier_kwargs):
     torch.manual_seed(2)
-    full = build_head(margin, D, C).double()
-    shard = build_head(margin, D, C, classifier_kwargs={"rank": rank, "world_size": size}).double()
+    full = build_head(margin, D, classes, classifier_kwargs=classifier_kwargs).double()
+    shard_kwargs = {**classifier_kwargs, "rank": rank, "world_size": size}
+    shard = build_head(margin, D, classes, classifier_kwargs=shard_kwargs).double()
     clf, k = shard.classifier, shard.classifier.sub_centers
     rows = {"weight": slice(clf.start * k, clf.end * k), "bias": slice(clf.start, clf.end),
             "class_margins": slice(clf.start, clf.end)}
@@ -56,6 +57,45 @@ def run(head, net, x, labels, steps=2):
     return {k: v.item() for k, v in losses.items()}
 
 
+def run_sampled(full, shard, net_full, net, x, labels, mine, steps=2):
+    """Partial FC: each step the sharded head draws its columns, and the one-process head is made to use the
+    union of every rank's draw (its own draw replaced); returns both heads' last losses and the column counts."""
+    for step in range(steps):
+        for module in (full, shard, net_full, net):
+            module.zero_grad()
+        torch.manual_seed(10 + step)
+        got = shard(net(x[mine]), labels[mine])
+        got["loss"].backward()
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, shard.classifier.columns.tolist())
+        union = torch.tensor(sum(parts, []))  # sorted class ids: rank ranges are in class order
+        full.classifier.sampled_classes = lambda local, union=union: union  # one process: local = global ids
+        torch.manual_seed(10 + step)
+        ref = full(net_full(x), labels)
+        ref["loss"].backward()
+    return {k: v.item() for k, v in ref.items()}, {k: v.item() for k, v in got.items()}, len(union)
+
+
+def differences(ref, got, full, shard, net_full, net, rows):
+    """Max |difference| of the losses, of the backbone gradients (each rank's averaged over ranks, as DDP
+    does), of this rank's rows of the classifier gradients, and of the margin's state."""
+    size = torch.distributed.get_world_size()
+    err = {"loss": max(abs(ref[k] - got[k]) for k in ref), "keys": sorted(ref) == sorted(got)}
+    for p in net.parameters():  # DDP: the mean over ranks
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= size
+    pairs = zip(net.parameters(), net_full.parameters(), strict=True)
+    err["backbone"] = max((a.grad - b.grad).abs().max().item() for a, b in pairs)
+    for name, sl in rows.items():
+        p = getattr(shard.classifier, name)
+        if p is not None:
+            err[name] = (p.grad - getattr(full.classifier, name).grad[sl]).abs().max().item()
+    buffers = zip(shard.margin.state_dict().values(), full.margin.state_dict().values(), strict=True)
+    state = [(a - b).abs().max().item() for a, b in buffers]
+    err["margin_state"] = max(state, default=0.0)
+    return err
+
+
 def compare(rank, size, out):
     errors = {}
     x, labels = batch()
@@ -65,20 +105,12 @@ def compare(rank, size, out):
         net_full, net = backbone(), backbone()
         ref = run(full, net_full, x, labels)
         got = run(shard, net, x[mine], labels[mine])
-        err = {"loss": max(abs(ref[k] - got[k]) for k in ref), "keys": sorted(ref) == sorted(got)}
-        for p in net.parameters():  # DDP: the mean over ranks
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= size
-        pairs = zip(net.parameters(), net_full.parameters(), strict=True)
-        err["backbone"] = max((a.grad - b.grad).abs().max().item() for a, b in pairs)
-        for name, sl in rows.items():
-            p = getattr(shard.classifier, name)
-            if p is not None:
-                err[name] = (p.grad - getattr(full.classifier, name).grad[sl]).abs().max().item()
-        buffers = zip(shard.margin.state_dict().values(), full.margin.state_dict().values(), strict=True)
-        state = [(a - b).abs().max().item() for a, b in buffers]
-        err["margin_state"] = max(state, default=0.0)
-        errors[margin] = err
+        errors[margin] = differences(ref, got, full, shard, net_full, net, rows)
+        full, shard, rows = heads(margin, rank, size, classes=40, sample_rate=0.3, seed=0)
+        net_full, net = backbone(), backbone()
+        ref, got, columns = run_sampled(full, shard, net_full, net, x, 5 * labels, mine)  # targets on both shards
+        errors[f"{margin} partial_fc"] = {**differences(ref, got, full, shard, net_full, net, rows),
+                                          "sampled": columns < 40}
     errors["partial_fc"] = partial_fc_error(rank, size)
     errors["correct"] = correct_counts(rank, size)
     gathered = [None] * size
@@ -142,11 +174,24 @@ def errors(tmp_path_factory):
 @pytest.mark.parametrize("margin", sorted(MARGINS))
 def test_sharded_head_equals_single_process(errors, margin):
     for rank, per_margin in enumerate(errors):
-        err = per_margin[margin]
-        assert err.pop("keys"), f"rank {rank}: the loss dicts differ in keys"
-        assert "backbone" in err and "weight" in err
-        for what, value in err.items():
-            assert value < 1e-9, f"rank {rank} {margin}: {what} differs by {value:.3g}"
+        assert_equal(per_margin[margin], f"rank {rank} {margin}")
+
+
+def assert_equal(err, where):
+    assert err.pop("keys"), f"{where}: the loss dicts differ in keys"
+    assert "backbone" in err and "weight" in err
+    for what, value in err.items():
+        assert value < 1e-9, f"{where}: {what} differs by {value:.3g}"
+
+
+@pytest.mark.parametrize("margin", sorted(MARGINS))
+def test_sharded_partial_fc_equals_one_process_over_the_same_columns(errors, margin):
+    """Sampling and sharding commute: 2 ranks at sample_rate 0.3 (40 classes, sub-centres and per-class margins
+    included) equal one process whose softmax runs over the union of the ranks' sampled columns."""
+    for rank, per_margin in enumerate(errors):
+        err = per_margin[f"{margin} partial_fc"]
+        assert err.pop("sampled"), f"rank {rank}: every column was kept, nothing sampled"
+        assert_equal(err, f"rank {rank} {margin} partial_fc")
 
 
 def test_sharded_partial_fc_is_the_softmax_over_the_sampled_columns(errors):

@@ -121,7 +121,8 @@ def test_partial_fc_step_on_cuda_has_no_host_sync():
     assert torch.isin(labels, head.classifier.columns).all()
 
 
-@pytest.mark.parametrize(("margin", "kwargs"), [("arcface", {"s": 16.0}), ("softmax", {})])
+@pytest.mark.parametrize(("margin", "kwargs"), [("arcface", {"s": 16.0}), ("softmax", {}),
+                                               ("subcenter_arcface", {"s": 16.0}), ("adam_softmax", {})])
 def test_partial_fc_logits_are_the_full_logits_of_the_sampled_columns(margin, kwargs):
     torch.manual_seed(0)
     full = build_head(margin, 6, 40, **kwargs).double()
