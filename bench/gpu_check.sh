@@ -19,10 +19,11 @@ DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu-check}
 QUICK=${QUICK:-0}
+WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/facelab-site \
-    .whl/*.whl || exit 1
+    "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/facelab-site
 fi
 export PYTHONPATH="src:.${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
