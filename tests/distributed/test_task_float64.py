@@ -24,6 +24,8 @@ OFFSETS = [0, 3, 6]
 VARIANTS = {
     "arcface": {},
     "dail": {"head": {"dataset_aware": True}, "dail": {"weight": 0.5, "adversarial_from": 0, "warmup_steps": 0}},
+    # crossing dropout: each shard draws its columns' share of the one-process draw (a hash of row and class id)
+    "dail+dropout": {"head": {"dataset_aware": True, "crossing_dropout": 0.5}},
     "ddl": {"distill": {"name": "ddl", "bins": 50}},
     "head+pairs": {"objective": "head+pairs", "pairs": {"loss": "margin", "miner": "", "weight": 0.7}},
 }
@@ -52,7 +54,7 @@ def float64_input(images, preprocess):
 def step(variant: str, rank: int, size: int) -> dict:
     torch.manual_seed(0)  # as train() does before building the task: every rank builds the same parameters
     cfg = config(variant)
-    offsets = OFFSETS if variant == "dail" else None
+    offsets = OFFSETS if variant.startswith("dail") else None
     task = FaceTask(cfg, C, {**PREPROCESS_DEFAULT, "size": 112}, shard=(rank, size), offsets=offsets).double()
     task.parallel = dist_env.wrap_backbone(task.backbone, dist_env.DistEnv(rank, size))
     task.train()
@@ -101,7 +103,8 @@ def runs(tmp_path_factory):
 def test_two_processes_equal_one_in_float64(runs, variant):
     one, two = runs
     ref = one[variant]
-    assert len(ref["losses"]) == {"arcface": 2, "dail": 3, "ddl": 5, "head+pairs": 3}[variant]  # ce + terms + loss
+    terms = {"arcface": 2, "dail": 3, "dail+dropout": 2, "ddl": 5, "head+pairs": 3}  # ce + objective terms + loss
+    assert len(ref["losses"]) == terms[variant]
     for rank in range(2):
         got = two[rank][variant]
         assert got["losses"].keys() == ref["losses"].keys()
@@ -121,3 +124,4 @@ def test_the_variants_exercise_what_they_claim(runs):
     assert one["dail"]["objectives"] and one["head+pairs"]["objectives"]  # dataset classifier; margin-loss β
     assert max(abs(x) for g in one["dail"]["objectives"] for x in g) > 0
     assert abs(one["ddl"]["losses"]["ddl_kl_pos"]) > 0 and abs(one["dail"]["losses"]["dataset_ce"]) > 0
+    assert one["dail+dropout"]["losses"]["ce"] != one["dail"]["losses"]["ce"]  # some crossing columns were drawn

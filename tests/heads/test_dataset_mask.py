@@ -8,7 +8,7 @@ import torch
 
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, build_head
-from facelab.heads.dataset_mask import DatasetMask, logit_columns
+from facelab.heads.dataset_mask import DatasetMask, cell_hash, logit_columns
 from facelab.heads.margins import MARGINS as REGISTRY
 
 OFFSETS = [0, 3, 7, 10]  # datasets of 3, 4 and 3 classes
@@ -145,6 +145,34 @@ def test_dropout_draw_rate_seed_and_step():
     mask.step = 1
     assert not torch.equal(keep, mask.keep(labels, torch.arange(10)))
     assert DatasetMask(OFFSETS, 1.0).keep(labels, torch.arange(10)).all()  # p = 1: the plain softmax
+
+
+def test_dropout_draw_of_a_column_subset_is_the_whole_draw_restricted():
+    """A shard or a sampled subset of columns draws, for each (row, class id), what one process holding every
+    class draws: sharded and Partial FC runs see the one-process crossing dropout."""
+    mask = DatasetMask(OFFSETS, 0.4, seed=3)
+    mask.step = 7
+    labels = torch.tensor([0, 4, 8, 1, 5, 9])
+    whole = mask.keep(labels, torch.arange(10))  # [6, 10]
+    for cols in (torch.arange(5, 10), torch.tensor([1, 3, 4, 8]), torch.arange(0, 3)):
+        assert torch.equal(mask.keep(labels, cols), whole[:, cols])
+    h = cell_hash((3, 7), torch.arange(500), torch.arange(0, 2**31 - 1, 104_729))  # [500, 20506] up to big ids
+    assert h.min() >= 0 and h.max() < 2**31  # so p = 1 (threshold 2^31) keeps every column, p = 0 none
+
+
+def test_dropout_draws_are_independent_across_rows_columns_and_steps():
+    mask = DatasetMask([0, 1, 3000], 0.3, seed=0)  # dataset 0 is class 0 alone: columns 1.. are all crossing
+    labels = torch.zeros(1000, dtype=torch.int64)
+    draws = []
+    for step in range(2):
+        mask.step = step
+        draws.append(mask.keep(labels, torch.arange(1, 3000)).double())  # [1000, 2999] 0/1
+    a, b = draws
+    n = a.numel()
+    assert abs(a.mean().item() - 0.3) < 4 * math.sqrt(0.21 / n)
+    for x, y in ((a[:, :-1], a[:, 1:]), (a[:-1], a[1:]), (a, b)):  # neighbouring columns, rows; next step
+        x, y = x.flatten() - 0.3, y.flatten() - 0.3
+        assert abs((x * y).mean().item() / 0.21) < 4 / math.sqrt(x.numel())
 
 
 def test_mask_uses_global_ids_of_a_shard_and_of_mined_columns():

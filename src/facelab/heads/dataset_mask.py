@@ -11,7 +11,14 @@ to MASKED (finite, so that a rank whose columns are all masked still has a finit
 classifier is sharded; e^{MASKED - max} is exactly 0 in float32, and the fill has no gradient). The
 global class of each column is `classifier.start + local column`, or `classifier.columns` under hard
 prototype mining, so the mask is right for any shard and any column selection.
+
+The crossing-dropout draw z_ij is a hash of (seed, step, row i of the batch, class id j), not a generator's
+stream: a shard, or a sampled subset of columns, gets exactly the draws one process holding every class gets
+for those columns (the sharded head's rows are the gathered global batch in the same order), and it needs no
+host sync on a GPU.
 """
+
+import math
 
 import torch
 from torch import Tensor
@@ -25,7 +32,7 @@ MASKED = -1e9
 class DatasetMask:
     """Logits [B, C_cols] -> logits with other-dataset columns masked (except the crossing-dropout draws).
 
-    `step` (set by the trainer each step) and `seed` seed the dropout draw, so a resumed run draws the same."""
+    `step` (set by the trainer each step) and `seed` key the dropout draw, so a resumed run draws the same."""
 
     def __init__(self, offsets: list[int], crossing_dropout: float = 0.0, seed: int = 0) -> None:
         if len(offsets) < 2 or offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
@@ -40,14 +47,37 @@ class DatasetMask:
         own = dataset_of(labels, self.offsets)[:, None] == dataset_of(columns, self.offsets)[None, :]
         if self.p == 0.0:
             return own
-        gen = torch.Generator(device=labels.device)
-        first = int(columns[0]) if len(columns) else 0  # a shard draws its own columns
-        gen.manual_seed(self.seed * 1_000_003 + self.step * 7919 + first)
-        drawn = torch.rand(own.shape, generator=gen, device=labels.device) < self.p  # [B, C_cols]
+        rows = torch.arange(len(labels), device=labels.device)  # [B] position in the (global) batch
+        threshold = math.ceil(self.p * 2**31)  # P(hash < threshold) = p to 2^-31; p = 1 keeps every column
+        drawn = cell_hash((self.seed, self.step), rows, columns) < threshold  # [B, C_cols]
         return own | drawn
 
     def __call__(self, logits: Tensor, labels: Tensor, columns: Tensor) -> Tensor:
         return logits.masked_fill(~self.keep(labels, columns.to(labels.device)), MASKED)
+
+
+M31 = (1 << 31) - 1
+
+
+def _mix(h: Tensor) -> Tensor:
+    """A bijective integer hash of int64 values in [0, 2^31): add an odd constant (0 is no fixed point), then
+    xor-shift-multiply rounds (the 32-bit finaliser constant 0x45d9f3b) reduced mod 2^31, so that every
+    product stays below 2^58 (no int64 overflow)."""
+    h = (h + 0x61C88647) & M31
+    for _ in range(2):
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & M31
+    return h ^ (h >> 16)
+
+
+def cell_hash(key: tuple[int, ...], rows: Tensor, columns: Tensor) -> Tensor:
+    """[B, C] int64, uniform on [0, 2^31): a hash of (key, rows[i], columns[j]) for int64 rows [B] and columns [C]
+    (ids below 2^31); the same (key, row, column) gives the same value whatever else is in `rows` and `columns`.
+    Costs a few [B, C] int64 temporaries (twice the float32 logits' memory each)."""
+    h = torch.zeros((), dtype=torch.int64, device=rows.device)
+    for k in key:
+        h = _mix(h ^ (int(k) & M31))
+    per_row = _mix(h ^ rows.to(torch.int64))  # [B]
+    return _mix(per_row[:, None] ^ columns.to(torch.int64)[None, :])  # [B, C]
 
 
 def logit_columns(classifier) -> Tensor:
