@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from facelab.distributed.partial_fc import check_sample_rate, sample_columns, seeded_normal, seeded_uniform
 from facelab.errors import FacelabError
 from facelab.heads.cosines import Cosines
+from facelab.heads.normalized_linear import normalized_linear
 
 
 def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -215,7 +216,7 @@ class Classifier(nn.Module):
         if classes is not None:  # index_select: its backward is an index_add, no host sync on a GPU
             weight = weight.view(num, -1).index_select(0, classes).view(-1, self.embedding_size)  # [U·K, d]
             num = len(classes)
-        cos = F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1)).clamp(-1.0, 1.0)  # [B, num*K]
+        cos = normalized_linear(F.normalize(x, dim=1), weight).clamp(-1.0, 1.0)  # [B, num*K], no normalised W copy
         if self.sub_centers > 1:
             cos = cos.view(x.shape[0], num, self.sub_centers).max(dim=2).values  # [B, num]
         return cos
