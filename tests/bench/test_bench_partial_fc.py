@@ -13,7 +13,7 @@ from bench import bench_partial_fc  # noqa: E402
 
 def test_rows_measured_in_subprocesses_and_written(tmp_path):
     out = tmp_path / "rows.json"
-    # C=2M at d=32 needs 2.1 x 1.0 GiB computed: over the 0.5 GiB budget, so it is listed but not run
+    # C=2M at d=32 needs 2.1 x 0.7-0.8 GiB computed: over the 0.5 GiB budget, so it is listed but not run
     rows = bench_partial_fc.main(["--classes", "1000", "2000000", "--rates", "0.3", "1.0", "--dim", "32",
                                   "--batch", "8", "--warmup", "1", "--repeats", "2", "--threads", "1",
                                   "--budget-gb", "0.5", "--json", str(out)])
@@ -33,4 +33,5 @@ def test_rows_measured_in_subprocesses_and_written(tmp_path):
 def test_computed_bytes():
     m = bench_partial_fc.head_bytes(1000, 32, 8, 0.3)
     assert m == {"params": 4 * 32_000, "grads": 4 * 32_000, "momentum": 4 * 32_000, "logits": 4 * 8 * 300,
-                 "normalised centres": 4 * 300 * 32}
+                 "sampled centres": 4 * 300 * 32}
+    assert bench_partial_fc.head_bytes(1000, 32, 8, 1.0)["sampled centres"] == 0  # every row: no copy
