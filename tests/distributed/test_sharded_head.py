@@ -1,6 +1,7 @@
 """Class-sharded head on 2 gloo processes equals the single-process head, for every margin (float64):
 loss, margin state, and the gradients of a backbone (averaged over ranks as DDP does), of the centres,
-biases and per-class margins (each rank's slice of the single-process gradient)."""
+biases and per-class margins (each rank's slice of the single-process gradient); the same with Partial FC
+against one process over the union of the ranks' sampled columns; and the sharded per-sample correctness."""
 
 import json
 
@@ -59,7 +60,8 @@ def run(head, net, x, labels, steps=2):
 
 def run_sampled(full, shard, net_full, net, x, labels, mine, steps=2):
     """Partial FC: each step the sharded head draws its columns, and the one-process head is made to use the
-    union of every rank's draw (its own draw replaced); returns both heads' last losses and the column counts."""
+    union of every rank's draw (its own draw replaced); returns (one-process losses, sharded losses, number
+    of columns in the last union) of the last step."""
     for step in range(steps):
         for module in (full, shard, net_full, net):
             module.zero_grad()
