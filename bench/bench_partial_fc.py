@@ -44,7 +44,9 @@ from pathlib import Path
 
 import torch
 
+from facelab.config import OptimConfig
 from facelab.heads import build_head
+from facelab.train.optim import build_optimizer
 
 GB = 1024**3  # the figures are in GiB (2^30 bytes)
 NEED_FACTOR = 2.1  # measured peak / computed total: at most 1.7 on CPU (2.04 before normalized_linear), plus a margin
@@ -72,7 +74,7 @@ def step_seconds(head, optimizer, x: torch.Tensor, labels: torch.Tensor) -> floa
     optimizer.step()
     _sync(x.device)
     elapsed = time.perf_counter() - t0
-    optimizer.zero_grad(set_to_none=False)  # keep the dense gradient allocated, as in training
+    optimizer.zero_grad(set_to_none=True)  # as the training loop does: each backward allocates the gradient afresh
     x.grad = None
     return elapsed
 
@@ -138,7 +140,7 @@ def measure_one(classes: int, rate: float, dim: int, batch: int, warmup: int, re
         torch.cuda.init()
     memory = PeakMemory(device)
     head = build_head("arcface", dim, classes, classifier_kwargs={"sample_rate": rate, "seed": 0}).to(device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = build_optimizer(OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4), head)  # as training builds it
     x = torch.randn(batch, dim, device=device, requires_grad=True)  # [B, d]
     labels = torch.randint(0, classes, (batch,), device=device)  # [B]
     times = [step_seconds(head, optimizer, x, labels) for _ in range(warmup + repeats)][warmup:]
