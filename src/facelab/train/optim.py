@@ -18,20 +18,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (fused where torch has the kernel for the parameters' device) or AdamW over `param_groups`.
-
-    Fused SGD updates each tensor in one kernel: the default implementation first makes grad + wd·param as a
-    new tensor, which for the class centres is one more C×d beside centres, gradient and momentum (the peak of a
-    Partial FC step: docs/performance.md). Its numbers are the default's to the bit (tests/train/test_optim.py).
-    AdamW stays unfused: its fused kernel rounds differently (1 ulp)."""
     check_choice(cfg.name, ("sgd", "adamw"), "optim.name")
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
-        kwargs = {"lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov}
-        try:
-            return torch.optim.SGD(groups, fused=True, **kwargs)
-        except (RuntimeError, ValueError):  # no fused kernel for this device (or an older torch on CPU)
-            return torch.optim.SGD(groups, **kwargs)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
