@@ -6,6 +6,7 @@ use torchrun's own flags (--nnodes, --node_rank, --rdzv_endpoint). A process gro
 initialised (tests that spawn processes themselves) is used as it is. Without WORLD_SIZE > 1: one process.
 """
 
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,8 +50,15 @@ def setup(device: str) -> DistEnv:
     return DistEnv(rank, size, where, owns)
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, finished: bool = False) -> None:
+    """Destroy the process group this module created, after collecting the run's garbage: DDP's reducer (kept in
+    reference cycles) holds the group, and a group freed only at interpreter exit took a finished CPU run down
+    with "terminate called without an active exception" (SIGABRT). finished: every rank completed the run, so
+    they first wait for each other (rank 0 may still be writing files); a failed rank leaves at once."""
     if env.owns_group and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -133,10 +133,13 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     such a partial run writes no metrics.json.
     """
     env = dist_env.setup(cfg.train.device)  # one process, or one of torchrun's (see facelab.distributed)
+    finished = False
     try:
-        return _train(cfg, resume, stop_at, env)
+        summary = _train(cfg, resume, stop_at, env)
+        finished = True
+        return summary
     finally:
-        dist_env.teardown(env)
+        dist_env.teardown(env, finished)
 
 
 def _train(cfg: Config, resume: bool, stop_at: int | None, env: dist_env.DistEnv) -> dict:
