@@ -65,7 +65,6 @@ else
   IJB="--workers 0 4 8"; STEPS=200
 fi
 
-
 # gpu-marked tests first: they say whether the CUDA paths work at all (sync-free Partial FC step, CUDA resume)
 step tests 60 "$PYTHON" -m pytest -q -m gpu tests/train/test_cuda.py tests/distributed/test_shares_and_partial_fc.py
 # training images/s and MFU: iresnet50 with torch.compile (the target figure), the other two eager
