@@ -160,3 +160,24 @@ def test_a_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         clean_folder(tmp_path / "run", data, tmp_path / "out", angle=180.0)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_unwritable_output_fails_before_loading_the_run(tmp_path, monkeypatch, capsys):
+    import facelab.clean as clean
+    import facelab.train.checkpoint
+
+    data, _, _ = make_run(tmp_path)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started before the output folder was checked")
+
+    monkeypatch.setattr(facelab.train.checkpoint, "load_checkpoint", must_not_run)
+    monkeypatch.setattr(clean, "embed_folder", must_not_run)
+    (tmp_path / "afile").write_text("a regular file")
+    out = tmp_path / "afile" / "clean"
+    assert main(["clean", str(tmp_path / "run"), "--data", str(data), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("facelab: error:"), err
+    assert f"{tmp_path / 'afile'}: folder of the clean output clean is not writable" in err[0]
+    assert captured.out == ""

@@ -56,3 +56,69 @@ def test_bad_override_and_files(tmp_path):
     typo.write_text("train:\n  step: 3\n")
     with pytest.raises(FacelabError, match=r"typo.yaml: config: unknown key 'train.step'"):
         load_config(typo)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "rule"),
+    [
+        ("optim.name", "sgdd", "must be one of sgd, adamw"),
+        ("schedule.name", "cosinus", "must be one of constant, poly, cosine"),
+        ("train.amp", "fp8", "must be one of none, bf16, fp16"),
+        ("data.sampler", "pkk", "must be one of uniform, pk, siamese"),
+        ("objective", "pair", "must be one of head, pairs, head+pairs"),
+        ("train.log_every", 0, "must be >= 1"),
+        ("train.checkpoint_every", -1, "must be >= 1"),
+        ("train.eval_every", -1, "must be >= 0"),
+        ("train.steps", 0, "must be >= 1"),
+        ("train.steps", -5, "must be >= 1"),
+        ("train.status_every", 0.0, "must be a finite number of seconds > 0"),
+        ("train.clip_grad_norm", -1.0, "must be a finite number >= 0"),
+        ("train.device", "gpu", "must be cpu, cuda, cuda:N or mps"),
+        ("train.threads", -1, "must be >= 0"),
+        ("optim.lr", -0.1, "must be a finite number > 0"),
+        ("optim.lr", 0.0, "must be a finite number > 0"),
+        ("optim.lr", float("nan"), "must be a finite number > 0"),
+        ("optim.momentum", 1.0, "must be in [0, 1)"),
+        ("optim.weight_decay", -1e-4, "must be a finite number >= 0"),
+        ("optim.betas", [0.9], "must be two numbers in [0, 1)"),
+        ("schedule.warmup_steps", -1, "must be >= 0"),
+        ("schedule.power", 0.0, "must be a finite number > 0"),
+        ("schedule.min_lr", 1.0, "must be <= optim.lr"),
+        ("data.batch_size", 0, "must be >= 1"),
+        ("data.workers", -1, "must be >= 0"),
+        ("data.pk_k", 1, "must be >= 2"),
+        ("data.positive_fraction", 1.5, "must be in [0, 1]"),
+        ("model.embedding_size", 0, "must be >= 1"),
+        ("head.sub_centers", 0, "must be >= 1"),
+        ("seed", -1, "must be in [0, 2**32)"),
+    ],
+)
+def test_every_choice_and_range_is_checked_at_load(dotted, value, rule):
+    """One error naming the dotted key, the value and what is allowed, when the config is built."""
+    data: dict = {}
+    node = data
+    *sections, key = dotted.split(".")
+    for s in sections:
+        node = node.setdefault(s, {})
+    node[key] = value
+    with pytest.raises(FacelabError) as e:
+        config_from_dict(data)
+    msg = str(e.value)
+    assert msg.startswith(f"config {dotted}: {value!r} is invalid: {rule}"), msg
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"data": {"sampler": "pk", "adaptive_sampling": {"enabled": True}}}, "data.sampler"),
+    ({"objective": "pairs", "data": {"adaptive_sampling": {"enabled": True}}}, "data.adaptive_sampling"),
+    ({"distill": {"name": "ddl"}, "data": {"adaptive_sampling": {"enabled": True}}}, "data.adaptive_sampling"),
+])
+def test_incompatible_keys_are_refused_at_load(data, key):
+    with pytest.raises(FacelabError, match=f"config {key}"):
+        config_from_dict(data)
+
+
+def test_warmup_longer_than_the_run_warns(caplog):
+    config_from_dict({"train": {"steps": 10}, "schedule": {"warmup_steps": 10}})
+    assert not caplog.records
+    config_from_dict({"train": {"steps": 10}, "schedule": {"warmup_steps": 11}})
+    assert "schedule.warmup_steps: 11 is more than train.steps (10)" in caplog.text

@@ -111,7 +111,10 @@ def precision_recall(dropped: list[str], images: list[str], noisy: set[tuple[str
 
 def clean_folder(run: str | Path, data: str | Path, out: str | Path, angle: float = 75.0,
                  truth: str | Path | None = None, batch_size: int = 256) -> dict:
-    """Clean `data` with the sub-centres of `run` into `out` (module docstring); returns clean.json's content."""
+    """Clean `data` with the sub-centres of `run` into `out` (module docstring); returns
+    clean.json's content. The arguments and out's folder are checked before the run is loaded."""
+    from facelab.io import check_output_folder
+
     data, out = Path(data), Path(out)
     if not (isinstance(angle, (int, float)) and 0.0 <= angle <= 180.0):
         raise FacelabError(f"clean: --angle must be in [0, 180] degrees, got {angle!r}")
@@ -119,6 +122,7 @@ def clean_folder(run: str | Path, data: str | Path, out: str | Path, angle: floa
         raise FacelabError(f"clean: --out {out} must differ from --data")
     if out.exists() and not (out / REPORT).is_file():
         raise FacelabError(f"{out}: exists and holds no {REPORT}: not a clean output; choose a new folder")
+    check_output_folder(out.parent, f"folder of the clean output {out.name}")  # built beside out
     if truth is None and (data.parent / "label_noise.csv").is_file():
         truth = data.parent / "label_noise.csv"
     model, preprocess, weight, k, num_classes = load_subcenter_run(run)
@@ -162,7 +166,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def _write_output(out: Path, kept: list[tuple[Path, str]], report: dict, dropped_rows: list[list]) -> None:
     """Build the cleaned folder beside `out` and rename it into place (an old clean output is replaced)."""
-    from facelab.eval.report import write_json_atomic
+    from facelab.jsonfile import write_json_atomic
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 from facelab.errors import FacelabError
@@ -32,7 +33,9 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 
 def _cmd_align(a: argparse.Namespace) -> int:
     from facelab.align.folder import align_folder
+    from facelab.io import check_writable
 
+    check_writable(a.out)  # before detection, which writes there first
     if a.detector:
         from facelab.align.detect import landmarks_for_folder
 
@@ -45,23 +48,21 @@ def _cmd_align(a: argparse.Namespace) -> int:
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
-    from facelab.data.convert import convert, output_dir
+    from facelab.data.convert import convert, summary_line
 
     summary = convert(a.src, a.dst, fmt=a.to)
-    log.info("converted %s -> %s: %s", a.src, a.dst, {k: v for k, v in summary.items() if k != "damaged"})
+    counts = {k: v for k, v in summary.items() if k not in ("damaged", "undecodable")}
+    log.info("converted %s -> %s: %s", a.src, a.dst, counts)
     if summary["skipped"]:
-        log.warning("%s: %d damaged records skipped, the first at byte offset %d (all listed in %s)", a.src,
-                    summary["skipped"], summary["damaged"][0].offset,
-                    output_dir(a.dst, summary["dst_format"]) / "skipped.csv")
+        log.warning("%s: %s", a.src, summary_line(summary, a.dst))
     return 0
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from facelab.config import load_config
     from facelab.train.loop import train
 
-    cfg = load_config(_recipe(a.config), a.overrides)
-    summary = train(cfg, resume=a.resume)
+    cfg, resume = _train_config(a.config, list(a.overrides), a.resume)
+    summary = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one table, from rank 0
         _print_results(summary["pairs"])
     return 0
@@ -69,13 +70,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from facelab.eval.metadata import describe_pair_sets
-    from facelab.eval.run import evaluate_checkpoint, load_pair_sets
+    from facelab.eval.run import evaluate_checkpoint, load_pair_sets, output_folder
 
     if not a.pairs and not a.lfw:
         raise FacelabError("eval: give --pairs FILE.bin ... and/or --lfw PAIRS.txt ALIGNED_DIR")
+    out = output_folder(a.checkpoint, a.out, "eval")  # writable, before any data is read
     sets = load_pair_sets(a.pairs or [], a.lfw)
     results = evaluate_checkpoint(
-        a.checkpoint, sets, a.out, batch_size=a.batch_size, flip=not a.no_flip,
+        a.checkpoint, sets, out, batch_size=a.batch_size, flip=not a.no_flip,
         threshold_rule=a.threshold_rule, spread=a.spread,
         data=describe_pair_sets(a.pairs or [], a.lfw), allow_mismatch=a.allow_mismatch,
     )
@@ -85,12 +87,13 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 def _cmd_ijb(a: argparse.Namespace) -> int:
     from facelab.eval.ijb import evaluate_ijb, format_ijb_table
+    from facelab.eval.run import output_folder
     from facelab.train.checkpoint import resolve_checkpoint
     from facelab.train.task import load_model
 
     path = resolve_checkpoint(a.checkpoint)
+    out = output_folder(path, a.out, "ijb")  # writable, before the model is loaded
     model, preprocess = load_model(path)
-    out = a.out or path.parent / "ijb"
     result = evaluate_ijb(
         model, a.root, out=out, dataset=a.dataset, modes=a.modes, batch_size=a.batch_size,
         preprocess=preprocess, workers=a.workers, features=out / "features.npz", allow_mismatch=a.allow_mismatch,
@@ -160,6 +163,32 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
     return a.experiment_module.run(a) or 0
 
 
+def _train_config(config: str | None, overrides: list[str], resume: str | bool) -> tuple[object, bool]:
+    """(Config, resume) of `facelab train`: CONFIG [overrides] [--resume], or --resume RUN_DIR [overrides]
+    (the run's own config.yaml). argparse hands a `key=value` after --resume or a bare CONFIG slot to
+    the wrong argument: they are put back among the overrides here."""
+    from facelab.config import load_config
+
+    if isinstance(resume, str) and "=" in resume:  # `--resume key=value`: the flag, then an override
+        overrides, resume = [resume, *overrides], True
+    if not isinstance(resume, str):
+        if config is None:
+            raise FacelabError("train: give a recipe (a YAML file or a shipped name such as demo), or "
+                               "--resume RUN_DIR")
+        return load_config(_recipe(config), overrides), bool(resume)
+    if config is not None:
+        if "=" not in config:
+            raise FacelabError(f"train: give a recipe ({config}) or --resume RUN_DIR ({resume}), not both")
+        overrides = [config, *overrides]
+    run = Path(resume)
+    if not (run / "config.yaml").is_file():
+        raise FacelabError(f"{run}: not a run folder (no config.yaml); --resume RUN_DIR takes the folder a "
+                           "facelab train wrote")
+    cfg = load_config(run / "config.yaml", overrides)
+    cfg.output = str(run)  # the folder as it is named now (it may have been moved)
+    return cfg, True
+
+
 def _recipe(name: str) -> Path:
     """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`, `heads/arcface`)."""
     path = Path(name)
@@ -178,8 +207,16 @@ def _print_results(results: dict) -> None:
         print(format_table(results))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's mistakes as the one line every other mistake gives (not usage + error)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"facelab: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facelab", description=__doc__)
+    p = _Parser(prog="facelab", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -213,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_convert)
 
     s = sub.add_parser("train", help="train from a YAML recipe")
-    s.add_argument("config", help="a YAML file or a shipped recipe name (demo)")
+    s.add_argument("config", nargs="?", help="a YAML file or a shipped recipe name (demo)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05")
-    s.add_argument("--resume", action="store_true", help="continue the run in the config's output folder")
+    s.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run: RUN_DIR resumes from the folder's own config.yaml (overrides "
+                   "optional: steps, intervals, validation sets, workers, threads, progress); without "
+                   "RUN_DIR, the recipe's output folder")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("eval", help="pair verification of a checkpoint or exported model on .bin sets")
@@ -320,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except FacelabError as e:
         print(f"facelab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk or the file system refused (full, read-only, permissions, gone)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"facelab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("facelab: interrupted", file=sys.stderr)

@@ -6,6 +6,9 @@ Free-form mappings (`model.kwargs`, `head.kwargs`) are passed to the registries,
 """
 
 import dataclasses
+import logging
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +18,17 @@ from typing import Any
 import yaml
 
 from facelab.errors import FacelabError
+
+log = logging.getLogger(__name__)
+
+# The choices a config holds by name; the registries of higher layers (margins, backbones, pair losses)
+# are checked by facelab.train.task.check_names before any work starts.
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "poly", "cosine")
+AMP_MODES = ("none", "bf16", "fp16")
+SAMPLERS = ("uniform", "pk", "siamese")
+OBJECTIVE_NAMES = ("head", "pairs", "head+pairs")
+_DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
 
 
 @dataclass
@@ -63,14 +77,24 @@ class DataConfig:
     pk_k: int = 4  # images per identity in a pk batch (batch_size must be a multiple)
     positive_fraction: float = 0.5  # siamese: fraction of same-identity pairs per batch
     datasets: list[DatasetEntry] = field(default_factory=list)  # multi-dataset training (DAIL); else `train`
+    check_images: bool = True  # decode every training image before the run; bad ones are listed (data/check.py)
+    skip_bad: bool = False  # train without the bad images found (listed in the run folder) instead of refusing
 
     def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _require(self.workers >= 0, "data.workers", self.workers, "must be >= 0 (0: load in the training process)")
+        _choice(self.sampler, SAMPLERS, "data.sampler")
+        _require(self.pk_k >= 2, "data.pk_k", self.pk_k, "must be >= 2 (a pk batch needs positive pairs)")
+        _require(0.0 <= self.positive_fraction <= 1.0, "data.positive_fraction", self.positive_fraction,
+                 "must be in [0, 1]")
         if self.train and self.datasets:
             raise FacelabError("config data.datasets: give data.train or data.datasets, not both")
         _require(not (self.datasets and self.adaptive_sampling.enabled), "data.adaptive_sampling.enabled", True,
                  "is not implemented with data.datasets")
         _require(not (self.datasets and self.sampler != "uniform"), "data.sampler", self.sampler,
                  "is not implemented with data.datasets (their sampler gives each dataset a fixed batch share)")
+        _require(not (self.adaptive_sampling.enabled and self.sampler != "uniform"), "data.sampler",
+                 self.sampler, "cannot be combined with data.adaptive_sampling (each brings its own sampler)")
 
 
 @dataclass
@@ -95,6 +119,9 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
     groupface: GroupFaceConfig = field(default_factory=GroupFaceConfig)
 
+    def __post_init__(self) -> None:
+        _require(self.embedding_size >= 1, "model.embedding_size", self.embedding_size, "must be >= 1")
+
 
 @dataclass
 class HeadConfig:
@@ -107,6 +134,8 @@ class HeadConfig:
     crossing_dropout: float = 0.0  # DAIL: probability that an other-dataset class joins the denominator
 
     def __post_init__(self) -> None:
+        k = self.sub_centers
+        _require(k is None or k >= 1, "head.sub_centers", k, "must be >= 1 (or null: the margin's default)")
         _require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes, "must be >= 0")
         _require(0.0 < self.sample_rate <= 1.0, "head.sample_rate", self.sample_rate, "must be in (0, 1]")
         _require(0.0 <= self.crossing_dropout <= 1.0, "head.crossing_dropout", self.crossing_dropout,
@@ -140,6 +169,15 @@ class OptimConfig:
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
+    def __post_init__(self) -> None:
+        _choice(self.name, OPTIMIZERS, "optim.name")
+        _require(0.0 < self.lr < math.inf, "optim.lr", self.lr, "must be a finite number > 0")
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "must be in [0, 1)")
+        _require(0.0 <= self.weight_decay < math.inf, "optim.weight_decay", self.weight_decay,
+                 "must be a finite number >= 0")
+        ok = len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas)
+        _require(ok, "optim.betas", self.betas, "must be two numbers in [0, 1)")
+
 
 @dataclass
 class ScheduleConfig:
@@ -147,6 +185,12 @@ class ScheduleConfig:
     warmup_steps: int = 0  # linear warm-up from 0
     power: float = 2.0  # poly exponent
     min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice(self.name, SCHEDULES, "schedule.name")
+        _require(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(0.0 < self.power < math.inf, "schedule.power", self.power, "must be a finite number > 0")
+        _require(0.0 <= self.min_lr < math.inf, "schedule.min_lr", self.min_lr, "must be a finite number >= 0")
 
 
 @dataclass
@@ -161,9 +205,25 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
-    progress: bool = True  # tqdm bar on stderr
+    progress: bool = True  # tqdm bar on a terminal; else a status line on stderr every status_every seconds
+    status_every: float = 30.0
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        k = "train."
+        _require(self.steps >= 1, k + "steps", self.steps, "must be >= 1")
+        _choice(self.amp, AMP_MODES, k + "amp")
+        _require(0.0 <= self.clip_grad_norm < math.inf, k + "clip_grad_norm", self.clip_grad_norm,
+                 "must be a finite number >= 0 (0: off)")
+        _require(bool(_DEVICE.fullmatch(self.device)), k + "device", self.device,
+                 "must be cpu, cuda, cuda:N or mps")
+        for key in ("log_every", "checkpoint_every"):
+            _require(getattr(self, key) >= 1, k + key, getattr(self, key), "must be >= 1")
+        _require(self.eval_every >= 0, k + "eval_every", self.eval_every, "must be >= 0 (0: only at the end)")
+        _require(self.threads >= 0, k + "threads", self.threads, "must be >= 0 (0: torch's default)")
+        _require(0.0 < self.status_every < math.inf, k + "status_every", self.status_every,
+                 "must be a finite number of seconds > 0")
 
 
 @dataclass
@@ -250,10 +310,30 @@ class Config:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dail: InvarianceConfig = field(default_factory=InvarianceConfig)
 
+    def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
+        _require(bool(self.output), "output", self.output, "must name the run folder")
+        _choice(self.objective, OBJECTIVE_NAMES, "objective")
+        ads = self.data.adaptive_sampling.enabled
+        _require(not (ads and self.objective == "pairs"), "data.adaptive_sampling.enabled", ads,
+                 "needs a classifier head (objective is 'pairs')")
+        _require(not (ads and self.distill.name != "none"), "data.adaptive_sampling.enabled", ads,
+                 f"cannot be combined with distill.name {self.distill.name} (each brings its own sampler)")
+        lr, floor = self.optim.lr, self.schedule.min_lr
+        _require(floor <= lr, "schedule.min_lr", floor, f"must be <= optim.lr ({lr})")
+        if self.schedule.warmup_steps > self.train.steps:
+            log.warning("config schedule.warmup_steps: %d is more than train.steps (%d): the run ends "
+                        "before the warm-up does", self.schedule.warmup_steps, self.train.steps)
+
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise FacelabError(f"config {key}: {value!r} is invalid: {rule}")
+
+
+def _choice(value: str, choices: typing.Iterable[str], key: str) -> None:
+    choices = list(choices)
+    _require(value in choices, key, value, f"must be one of {', '.join(choices)}")
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:

@@ -8,9 +8,10 @@ import numpy as np
 
 from facelab.config import load_config
 from facelab.data.pairsets import load_bin
-from facelab.eval.report import write_json_atomic
 from facelab.eval.verification import verify_pairs
 from facelab.experiments.common import prepare_synth
+from facelab.io import check_writable
+from facelab.jsonfile import write_json_atomic
 from facelab.train.checkpoint import CHECKPOINT_NAME
 from facelab.train.loop import train
 
@@ -31,6 +32,8 @@ def raw_pixel_accuracy(images: np.ndarray, same: np.ndarray) -> float:
 
 def run_demo(out: Path, data: Path, quick: bool = False) -> dict:
     start = time.perf_counter()
+    check_writable(out, "demo output folder")  # before the photos are made: a bad --out fails at once
+    check_writable(data, "demo data folder")
     plan = QUICK if quick else FULL
     aligned, pair_files = prepare_synth(data, plan["identities"], plan["images_per_identity"], plan["pairs"])
     cfg = load_config(

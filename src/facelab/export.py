@@ -38,7 +38,7 @@ import facelab
 from facelab.align.template import template_for
 from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
-from facelab.io import write_atomic
+from facelab.io import check_output_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,14 @@ def _input_size(preprocess: dict) -> tuple[int, int]:
 
 
 def _metadata(ckpt: dict, path: Path, preprocess: dict) -> dict[str, str]:
+    from facelab.jsonfile import strict_json  # the one JSON writer; preprocess is finite
+
     model_cfg = ckpt["config"].get("model", {})
     return {
         "facelab_format": FORMAT,
         "facelab_format_version": str(FORMAT_VERSION),
         "facelab_version": facelab.__version__,
-        "preprocess": json.dumps(preprocess, default=lambda v: np.asarray(v).tolist()),
+        "preprocess": strict_json(preprocess, indent=None),
         "embedding_size": str(model_cfg.get("embedding_size", "")),
         "backbone": str(model_cfg.get("backbone", "")),
         "groupface_groups": str(model_cfg.get("groupface", {}).get("groups", 0)),
@@ -148,7 +150,8 @@ def export_onnx(run_or_checkpoint: str | Path, out: str | Path, opset: int | Non
 
     opset: ONNX opset (None: the exporter's default). Returns {"out", "bytes", "opset", "max_abs_diff",
     "tolerance", "metadata"}; raises FacelabError, writing nothing, when the export fails or onnxruntime
-    and torch disagree by more than TOLERANCE.
+    and torch disagree by more than TOLERANCE. The output's folder is proven writable first,
+    before the checkpoint is read.
     """
     from facelab.train.checkpoint import load_checkpoint, resolve_checkpoint
     from facelab.train.task import model_from_checkpoint
@@ -156,6 +159,7 @@ def export_onnx(run_or_checkpoint: str | Path, out: str | Path, opset: int | Non
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise FacelabError(f"{out}: the exported model's file name must end in .onnx")
+    check_output_folder(out.parent, f"folder of {out.name}")  # before the minutes of work
     _require("onnx")
     path = resolve_checkpoint(run_or_checkpoint)
     ckpt = load_checkpoint(path)

@@ -62,3 +62,50 @@ def test_empty_landmark_row_means_no_face(tmp_path):
     (tmp_path / "lm.csv").write_text("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png" + "," * 10 + "\n")
     assert align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)["skipped"] == 1
     assert "no face found" in (tmp_path / "out" / "skipped.csv").read_text()
+
+
+def _landmarks_csv(path, names, points):
+    rows = ["image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5"]
+    rows += [name + "," + ",".join(f"{v:.3f}" for v in points.ravel()) for name in names]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_bad_photos_are_skipped_with_their_reason(tmp_path):
+    """A zero-byte, an undecodable and a truncated photo: skipped.csv rows with the reason, no
+    traceback."""
+    src, out, good = tmp_path / "src", tmp_path / "out", ARCFACE_112 * 1.2 + 10
+    _photo(src / "a" / "ok.jpg", good)
+    jpeg = (src / "a" / "ok.jpg").read_bytes()
+    (src / "a" / "empty.jpg").write_bytes(b"")
+    (src / "a" / "junk.png").write_bytes(b"not a picture at all")
+    (src / "b" / "cut.jpg").parent.mkdir()
+    (src / "b" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    names = ["a/ok.jpg", "a/empty.jpg", "a/junk.png", "b/cut.jpg"]
+    _landmarks_csv(tmp_path / "lm.csv", names, good)
+    from facelab.cli import main
+
+    argv = ["align", str(src), str(out), "--landmarks", str(tmp_path / "lm.csv"), "--workers", "2"]
+    assert main(argv) == 0
+    rows = dict(line.split(",", 1) for line in (out / "skipped.csv").read_text().splitlines())
+    assert sorted(rows) == ["a/empty.jpg", "a/junk.png", "b/cut.jpg", "image"]
+    assert rows["a/empty.jpg"] == f"{src / 'a' / 'empty.jpg'}: empty file (0 bytes); not an image"
+    assert "cannot decode" in rows["a/junk.png"]
+    assert "Premature end of JPEG file" in rows["b/cut.jpg"]
+    assert json.loads((out / "align.json").read_text()) == {"aligned": 1, "skipped": 3, "size": 112}
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["a/ok.jpg"]
+
+
+def test_output_is_checked_writable_first(tmp_path, monkeypatch):
+    _photo(tmp_path / "src" / "a" / "0.png", ARCFACE_112)
+    _landmarks_csv(tmp_path / "lm.csv", ["a/0.png"], ARCFACE_112)
+    (tmp_path / "afile").write_text("")
+    import facelab.align.folder as folder_mod
+
+    monkeypatch.setattr(folder_mod, "_align_one", lambda *a: pytest.fail("aligned first"))
+    with pytest.raises(FacelabError, match=r"afile/out: output folder is not writable"):
+        align_folder(tmp_path / "src", tmp_path / "afile" / "out", tmp_path / "lm.csv", workers=1)
+    from facelab.cli import main
+
+    argv = ["align", str(tmp_path / "src"), str(tmp_path / "afile" / "o"), "--landmarks",
+            str(tmp_path / "lm.csv")]
+    assert main(argv) == 2

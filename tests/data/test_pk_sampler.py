@@ -67,15 +67,16 @@ def test_siamese_pairs_follow_the_positive_fraction():
 
 @pytest.mark.parametrize(("data", "match"), [
     ({"sampler": "pk", "pk_k": 3, "batch_size": 8}, "multiple of 3"),
-    ({"sampler": "pk", "pk_k": 1, "batch_size": 16}, "P = 16 identities"),
-    ({"sampler": "siamese", "positive_fraction": 1.5, "batch_size": 8}, "positive fraction"),
-    ({"sampler": "pk", "adaptive_sampling": {"enabled": True}}, "adaptive_sampling"),
-    ({"sampler": "random"}, "data.sampler"),
+    ({"sampler": "pk", "pk_k": 2, "batch_size": 16}, "P = 8 identities"),
+    ({"sampler": "pk", "pk_k": 1, "batch_size": 16}, "config data.pk_k: 1 is invalid"),
+    ({"sampler": "siamese", "positive_fraction": 1.5, "batch_size": 8}, "config data.positive_fraction"),
+    ({"sampler": "pk", "adaptive_sampling": {"enabled": True}}, "config data.sampler: 'pk' is invalid"),
+    ({"sampler": "random"}, "config data.sampler: 'random' is invalid"),
 ])
 def test_bad_sampler_config_is_one_clear_error(data, match):
-    cfg = config_from_dict({"data": data})
+    """Values are refused when the config is built, the batch/identity arithmetic by the sampler."""
     with pytest.raises(FacelabError, match=match):
-        build_label_sampler(LABELS, cfg)
+        build_label_sampler(LABELS, config_from_dict({"data": data}))
 
 
 def test_uniform_leaves_the_default_sampler():

@@ -1,5 +1,7 @@
 import logging
+import os
 import pickle
+import stat
 import struct
 
 import numpy as np
@@ -274,3 +276,49 @@ def test_bad_inputs(tmp_path, rec_dir):
         with pytest.raises(FacelabError, match=msg):
             write_recordio(out, samples, 4, 8)
     assert not out.exists() or not any(out.iterdir())  # nothing half-written, no temporaries left
+
+
+@pytest.mark.parametrize("cut", ["inside a record", "at a record boundary"])
+def test_truncated_insightface_file_without_idx_says_truncated(rec_dir, cut):
+    """Read as a plain file, the header record (labels a=6, b=10) used to be an image of label 6:
+    'label 6 >= 4 classes'. It is a file that lost its end, said with where it ends."""
+    root, _, _ = rec_dir
+    rec = root / "train.rec"
+    offsets = _idx_offsets(root / "train.idx")  # 1 header + 5 images + 4 identities
+    data = rec.read_bytes()
+    end = offsets[7] + 5 if cut == "inside a record" else offsets[7]
+    rec.write_bytes(data[:end])
+    (root / "train.idx").unlink()
+    if cut == "inside a record":  # the scan keeps the cut record as a placeholder
+        held, where = 8, f"cut off in the record at byte offset {offsets[7]}"
+    else:
+        held, where = 7, f"ending at byte offset {end}"
+    match = (rf"train.rec: truncated: its header record announces 10 records \(5 images, "
+             rf"4 identities\) but the file holds {held}, {where}")
+    with pytest.raises(FacelabError, match=match):
+        RecordIODataset(root)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """mkstemp makes files 0600; renamed into place they must be as any new file: 0666 & ~umask."""
+    old = os.umask(0o027)
+    try:
+        write_recordio(tmp_path / "a", [(0, b"x" * 10), (1, b"y" * 10)], 2, 8)
+        os.umask(0o002)
+        write_recordio(tmp_path / "b", [(0, b"x" * 10), (1, b"y" * 10)], 2, 8)
+    finally:
+        os.umask(old)
+    for folder, mode in (("a", 0o640), ("b", 0o664)):
+        for name in ("train.rec", "train.idx", "property"):
+            assert stat.S_IMODE((tmp_path / folder / name).stat().st_mode) == mode, (folder, name)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["property", "train.idx",
+                                                                  "train.rec"]  # no scratch left
+
+
+def test_an_index_shorter_than_the_header_says_so(rec_dir):
+    root, _, _ = rec_dir
+    lines = (root / "train.idx").read_text().splitlines(keepends=True)
+    (root / "train.idx").write_text("".join(lines[:6]))  # header, 5 images; no identity left
+    with pytest.raises(FacelabError, match=r"truncated: .* announces 10 records .* but its index "
+                                           rf"{root / 'train.idx'} lists 6"):
+        RecordIODataset(root)

@@ -9,9 +9,10 @@ from torch import nn
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
 from facelab.eval.embed import embed_images, evaluate_pairsets
-from facelab.eval.report import format_table, plot_roc, write_json_atomic
+from facelab.eval.report import format_table, plot_roc
 from facelab.eval.verification import verify_pairs
 from facelab.io import write_atomic
+from facelab.jsonfile import write_json_atomic
 
 H = W = 6
 
@@ -91,9 +92,14 @@ def test_evaluate_pairsets_interleaves_pairs():
     model = _linear_model(2)
     images, same = _images(40, seed=4), np.arange(20) % 2 == 0
     res = evaluate_pairsets(model, {"toy": (images, same)}, batch_size=16, folds=5)
-    emb = _manual(model, images)
+    # the embeddings of evaluate_pairsets' own path (same batch size): identical fold accuracies. The
+    # float64 transcription (_manual) would be another path, whose distances can land on the other
+    # side of a threshold grid point; test_flip_fusion_matches_manual_sum ties the two together.
+    emb = embed_images(model, images, batch_size=16)
     expect = verify_pairs(emb[0::2], emb[1::2], same, folds=5)
-    assert res["toy"]["fold_accuracies"] == pytest.approx(expect["fold_accuracies"])
+    assert res["toy"] == expect  # fold accuracies, thresholds, VAL, ROC
+    wrong = verify_pairs(emb[:20], emb[20:], same, folds=5)  # what another pairing would give
+    assert (wrong["fold_accuracies"], wrong["fpr"]) != (expect["fold_accuracies"], expect["fpr"])
     assert res["toy"]["pairs"] == 20 and res["toy"]["convention"]["folds"] == 5
 
 

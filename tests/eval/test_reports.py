@@ -1,8 +1,11 @@
 """Evaluation reports: histograms and CMC against loops, the pages of eval / ijb / search, index.html in Chromium."""
 
+import base64
 import json
+import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 
 import cv2
 import numpy as np
@@ -18,7 +21,7 @@ from facelab.eval.html import markdown_table_html, render_html
 from facelab.eval.ijb_fixture import write_ijb_fixture
 from facelab.eval.metadata import check_all, describe_array
 from facelab.eval.pages import write_pairs_page
-from facelab.eval.plots import cmc_from_ranks, score_histogram
+from facelab.eval.plots import cmc_figure, cmc_from_ranks, score_histogram
 from facelab.eval.report import plot_roc
 from facelab.eval.verification import pair_distances, verify_pairs
 
@@ -44,6 +47,35 @@ def test_cmc_from_ranks_matches_loop():
     assert curve["rate"] == [sum(r <= k for r in ranks) / len(ranks) for k in range(1, 11)]
 
 
+class _Refs(HTMLParser):
+    """Every attribute of a page that can load something (src, href, ...), and each <img>'s src."""
+
+    LOADING = {"src", "href", "srcset", "data", "poster", "action", "background", "xlink:href"}
+
+    def __init__(self):
+        super().__init__()
+        self.refs, self.imgs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in self.LOADING]
+        self.imgs += [v for k, v in attrs if tag == "img" and k == "src"]
+
+
+def _refs(page):
+    parser = _Refs()
+    parser.feed(page)
+    css_urls = re.findall(r"url\(\s*['\"]?([^'\")]+)", page)
+    css_urls += re.findall(r"@import\s+['\"]([^'\"]+)", page)
+    return parser.refs + css_urls, parser.imgs
+
+
+def _inline_images(page):
+    """[decoded bytes] of the page's <img> data: URIs; fails on a src that is not an inline PNG."""
+    _, imgs = _refs(page)
+    assert all(src.startswith("data:image/png;base64,") for src in imgs), [s[:40] for s in imgs]
+    return [base64.b64decode(src.split(",", 1)[1], validate=True) for src in imgs]
+
+
 def _pairs_report(out, name="synth<b>&lfw"):
     rng = np.random.default_rng(0)
     n = 200
@@ -67,9 +99,18 @@ def test_page_escapes_text_and_shows_the_table(tmp_path):
     r = results["synth<b>&lfw"]
     acc = f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}"
     assert f'<td class="num">{acc}</td>' in page
-    assert '<img src="roc.png"' in page and '<img src="scores.png"' in page
-    evil = render_html('a"<x>', {"k": "</td><script>bad()</script>"}, {}, [], [("c", 'x" onerror="bad()')])
+    # the plots are inline, byte for byte the PNGs written beside the page; nothing else is referenced
+    assert _inline_images(page) == [(tmp_path / f).read_bytes() for f in ("roc.png", "scores.png")]
+    assert all(ref.startswith("data:") for ref in _refs(page)[0])
+    evil_src = 'data:image/png;base64,x" onerror="bad()'
+    evil = render_html('a"<x>', {"k": "</td><script>bad()</script>"}, {}, [], [("c", evil_src)])
     assert "<script>bad()" not in evil and 'onerror="bad' not in evil and "<x>" not in evil
+
+
+def test_page_refuses_images_that_are_not_inline():
+    for src in ("roc.png", "https://example.org/roc.png", "file:///tmp/roc.png"):
+        with pytest.raises(ValueError, match="data:image/ URIs"):
+            render_html("t", {}, {}, [], [("roc", src)])
 
 
 def test_markdown_tables_to_html():
@@ -84,23 +125,34 @@ def test_markdown_tables_to_html():
     reason="no chromium / chromium-browser / google-chrome on PATH (make setup-browser installs Debian's chromium)",
 )
 def test_index_html_renders_in_headless_chromium(tmp_path):
+    """index.html copied ALONE into an empty folder (no roc.png beside it) shows both plots."""
     out = tmp_path / "report"
     results = _pairs_report(out)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(out / "index.html", alone / "index.html")
     shot = tmp_path / "shot.png"
     cmd = [
         BROWSER,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=3000",
         "--window-size=900,1400",
         f"--screenshot={shot}",
         "--dump-dom",
-        (out / "index.html").as_uri(),
+        (alone / "index.html").as_uri(),
     ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert sorted(p.name for p in alone.iterdir()) == ["index.html"]
     assert 'data-images="2/2"' in dom  # set by the page's script once every <img> has naturalWidth > 0
+    refs, imgs = _refs(dom)
+    assert len(imgs) == 2 and all(ref.startswith("data:") for ref in refs), [r[:40] for r in refs]
     r = results["synth<b>&lfw"]
     for number in (f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}", f"{100 * r['val']:.2f}", "200"):
         assert number in dom
@@ -149,8 +201,8 @@ def test_ijb_report_files_histogram_cmc_and_checks(tmp_path):
     assert saved["data_checks"]["sets"]["IJB loose crops"]["mean"]["status"] == "overridden"
     assert "histogram" not in saved["verification"]["N0D1F1"]
     page = (tmp_path / "o" / "index.html").read_text()
-    for f in ("roc.png", "scores.png", "cmc.png"):
-        assert (tmp_path / "o" / f).stat().st_size > 1000 and f'src="{f}"' in page
+    files = [(tmp_path / "o" / f).read_bytes() for f in ("roc.png", "scores.png", "cmc.png")]
+    assert all(len(b) > 1000 for b in files) and _inline_images(page) == files
     assert f"{100 * v['tar_at_far']['0.1']:.2f}" in page and "overridden" in page
 
 
@@ -176,8 +228,21 @@ def test_search_report_and_align_json_check(tmp_path, monkeypatch):
     cands = json.loads((tmp_path / "out" / "candidates.json").read_text())
     ranks = [1 + [c[0] for c in p["candidates"]].index(p["identity"]) for p in cands]  # every mate is in the top 4
     page = (tmp_path / "out" / "index.html").read_text()
-    assert (tmp_path / "out" / "cmc.png").stat().st_size > 1000 and 'src="cmc.png"' in page
+    assert _inline_images(page) == [(tmp_path / "out" / "cmc.png").read_bytes()]
     for k in ("1", "4"):
         assert got["cmc"][k] == np.mean(np.array(ranks) <= int(k))
         assert f"{100 * got['cmc'][k]:.2f}" in page
     assert got["cmc_curve"]["rate"] == [np.mean(np.array(ranks) <= k) for k in range(1, 5)]
+
+
+def test_cmc_axis_is_exactly_0_to_100_percent():
+    curves = {
+        "perfect": {"ranks": [1, 2, 3], "rate": [1.0, 1.0, 1.0]},
+        "low": {"ranks": [1, 2, 3], "rate": [0.1, 0.2, 0.3]},
+    }
+    for subset in (curves, {"low": curves["low"]}, {"perfect": curves["perfect"]}):
+        (ax,) = cmc_figure(subset).axes
+        assert ax.get_ylim() == (0.0, 100.0)
+        assert [list(line.get_ydata()) for line in ax.get_lines()] == [
+            [100 * r for r in c["rate"]] for c in subset.values()
+        ]

@@ -11,6 +11,7 @@ from torch import nn
 from facelab.errors import FacelabError
 from facelab.eval import identification as ident
 from facelab.eval import search as S
+from float_paths import DIST_TOL
 
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)
@@ -38,9 +39,18 @@ def _open_set(seed=0):
     return feats[gal], ids[gal], feats[probes], probe_ids
 
 
+def _assert_no_near_ties(queries, gallery, k):
+    """The rankings below are compared exactly across paths (faiss's float32 kernels, numpy's BLAS,
+    float64 here): fine on these fixed data because no query's k + 1 best scores lie within float32
+    rounding of each other (DIST_TOL), where two paths could order them differently."""
+    s = np.sort(queries.astype(np.float64) @ gallery.T.astype(np.float64), axis=1)[:, ::-1]
+    assert np.diff(-s[:, : k + 1], axis=1).min() > DIST_TOL, "near-tied scores: choose other data"
+
+
 def test_exact_index_equals_brute_force():
     rng = np.random.default_rng(1)
     gallery, queries = _unit(rng.standard_normal((500, 16))), _unit(rng.standard_normal((40, 16)))
+    _assert_no_near_ties(queries, gallery, 10)
     index = S.GalleryIndex(gallery, np.arange(500), kind="exact")
     scores, rows = index.search(queries, 10)
     sim = queries.astype(np.float64) @ gallery.T.astype(np.float64)  # [40, 500]
@@ -90,6 +100,7 @@ def test_load_missing_is_an_error(tmp_path):
 @pytest.mark.parametrize("full_limit", [1 << 26, 0])  # full score matrix, and top-k from the index
 def test_evaluate_search_equals_identification(full_limit):
     gallery, ids, probes, probe_ids = _open_set()
+    _assert_no_near_ties(probes, gallery, 10)  # the top-k path: faiss's float32 top-10 lists
     kw = {"ranks": (1, 2, 5, 10), "fpirs": (0.01, 0.1, 0.5)}
     truth = ident.search(probes, probe_ids, gallery, ids, **kw)
     assert 0 < truth["cmc"]["1"] < truth["cmc"]["10"] < 1  # the data make every metric non-trivial
@@ -123,6 +134,7 @@ def test_evaluate_search_hand_case_top_k():
 
 def test_ivf_evaluation_uses_the_index():
     gallery, ids, probes, probe_ids = _open_set()
+    _assert_no_near_ties(probes, gallery, 10)  # faiss's float32 top-10 lists against float64
     got = S.evaluate_search(S.GalleryIndex(gallery, ids, kind="ivf", nlist=3, nprobe=3), probes, probe_ids)
     truth = ident.search(probes, probe_ids, gallery, ids)
     assert got["scoring"] == "top-k"
@@ -131,6 +143,7 @@ def test_ivf_evaluation_uses_the_index():
 
 def test_numpy_fallback_without_faiss(monkeypatch, caplog):
     gallery, ids, probes, probe_ids = _open_set()
+    _assert_no_near_ties(probes, gallery, 10)  # faiss's and numpy's float32 top-k lists agree
     exact = S.GalleryIndex(gallery, ids, kind="exact")
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
     with caplog.at_level(logging.WARNING, logger="facelab.eval.search"):
@@ -206,3 +219,45 @@ def test_search_folders(tmp_path, monkeypatch):
     cands = json.loads((tmp_path / "out" / "candidates.json").read_text())
     assert [c["candidates"][0][0] for c in cands[:4]] == ["ann", "ann", "bob", "bob"]
     assert len(cands) == 6 and all(len(c["candidates"]) == 2 for c in cands)
+
+
+# `facelab search` in a fresh process (faiss logs only when first imported): the toy embedder
+# stands in for the model, the CLI logs at INFO as usual, and a real faiss loader warning comes last.
+_FRESH_SEARCH = """
+import logging, sys
+import torch
+from torch import nn
+import facelab.train.task as task
+from facelab.cli import main
+
+class MeanColour(nn.Module):
+    def forward(self, x):  # [B, 3, H, W] -> [B, 4]
+        m = x.mean(dim=(2, 3))
+        return torch.cat([m, torch.full_like(m[:, :1], 0.1)], 1)
+
+task.load_model = lambda path: (MeanColour(), {"colour": "RGB"})
+gallery, probes, out = sys.argv[1:4]
+code = main(["search", "ck.pt", "--gallery", gallery, "--probes", probes, "--out", out, "--k", "2"])
+logging.getLogger("faiss.loader").warning("a real faiss loading problem")
+print("exit", code, "faiss imported", "faiss" in sys.modules)
+"""
+
+
+def test_search_prints_no_faiss_loader_messages(tmp_path):
+    import subprocess
+
+    plain = "import logging; logging.basicConfig(level=logging.INFO); import faiss"
+    control = subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True, timeout=120)
+    if "Loading faiss" not in control.stderr:
+        pytest.skip("this faiss logs nothing when imported: nothing to silence")
+    colours = {"ann": (250, 10, 10), "bob": (10, 250, 10)}
+    _write_folder(tmp_path / "gallery", colours, 2)
+    _write_folder(tmp_path / "probes", colours, 1)
+    argv = [str(tmp_path / f) for f in ("gallery", "probes", "out")]
+    run = subprocess.run([sys.executable, "-c", _FRESH_SEARCH, *argv], capture_output=True,
+                         text=True, timeout=300)
+    assert "exit 0 faiss imported True" in run.stdout, run.stderr
+    assert "INFO facelab.eval.search: 1:N search:" in run.stderr  # INFO logging was on
+    loader = [line for line in run.stderr.splitlines() if "faiss" in line and "loader" in line]
+    assert loader == ["WARNING faiss.loader: a real faiss loading problem"], loader  # warnings kept
+    assert "Loading faiss" not in run.stdout + run.stderr

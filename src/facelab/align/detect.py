@@ -18,7 +18,7 @@ import torch
 from facelab.align.folder import HEADER
 from facelab.align.mtcnn import cascade, weights_dir
 from facelab.errors import FacelabError
-from facelab.io import IMAGE_SUFFIXES, read_image, write_atomic
+from facelab.io import IMAGE_SUFFIXES, die_with_parent, read_image, write_atomic
 
 log = logging.getLogger(__name__)
 Face = tuple[np.ndarray, float, np.ndarray]  # box [4] (x1, y1, x2, y2), score, landmarks [5, 2]
@@ -66,6 +66,7 @@ def _landmarks_of(path: Path) -> tuple[np.ndarray | None, str]:
 
 
 def _init_worker() -> None:
+    die_with_parent()
     torch.set_num_threads(1)
 
 

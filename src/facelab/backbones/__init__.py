@@ -32,6 +32,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 def build_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Module:
     """BACKBONES[name](embedding_size=..., **kwargs); unknown names or keyword arguments raise FacelabError."""
+    check_backbone(name, embedding_size, **kwargs)
+    return BACKBONES[name](embedding_size=embedding_size, **kwargs)
+
+
+def check_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> None:
+    """FacelabError for what `build_backbone` would refuse, without building the network."""
     if name not in BACKBONES:
         raise FacelabError(f"unknown backbone {name!r}; choices: {', '.join(BACKBONES)}")
     factory = BACKBONES[name]
@@ -43,7 +49,6 @@ def build_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Mo
         )
     if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
         raise FacelabError(f"backbone embedding_size must be a positive integer, got {embedding_size!r}")
-    return factory(embedding_size=embedding_size, **kwargs)
 
 
-__all__ = ["BACKBONES", "FC_BN_MODES", "IRESNET_LAYERS", "Neck", "build_backbone", "count_macs"]
+__all__ = ["BACKBONES", "FC_BN_MODES", "IRESNET_LAYERS", "Neck", "build_backbone", "check_backbone", "count_macs"]

@@ -2,21 +2,53 @@
 
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
-from facelab.errors import FacelabError
 
+def open_training_set(path: str | Path, preload: bool = False, check_images: bool = True,
+                      skip_bad: bool = False) -> Dataset:
+    """The training dataset at `path`: an image folder (one sub-folder per identity), MXNet RecordIO
+    (a folder holding train.rec/train.idx/property, or a .rec file) or a file list (a folder holding
+    list.txt, or a .txt list). Items are (index, flip) pairs.
 
-def open_training_set(path: str | Path, preload: bool = False) -> Dataset:
-    """The training dataset at `path`: an image folder (one sub-folder per identity) or MXNet RecordIO
-    (a folder holding train.rec/train.idx/property, or a .rec file). Items are (index, flip) pairs."""
+    A set with fewer than 2 identities is refused. With `check_images`, every image is decoded
+    strictly first (facelab.data.check): bad ones are a FacelabError, or with `skip_bad` left out
+    and listed in the dataset's `bad_images` [(name, reason)] (always present, empty when none).
+    `preload` keeps the decoded images in memory (folders and lists; RecordIO is memory-mapped)."""
+    from facelab.data.check import require_identities, screen_training_set
     from facelab.data.convert import detect_format
+
+    fmt = detect_format(Path(path))
+    dataset = _open(Path(path), fmt)
+    require_identities(dataset.labels, str(path))
+    cache = preload and fmt != "rec"
+    if check_images:
+        size = getattr(dataset, "size", None)  # RecordIO's `property` states it
+        screen_training_set(dataset, str(path), skip_bad, cache, size, _damaged_records(dataset))
+        require_identities(dataset.labels, str(path))  # the bad images may have been all of some
+    elif cache:
+        dataset.preload()
+    return dataset
+
+
+def _open(path: Path, fmt: str) -> Dataset:
+    from facelab.data.filelist import FileListDataset
     from facelab.data.folder import ImageFolderDataset
     from facelab.data.recordio import RecordIODataset
 
-    fmt = detect_format(Path(path))
-    if fmt == "folder":
-        return ImageFolderDataset(path, preload=preload)
-    if fmt == "rec":
-        return RecordIODataset(path)  # memory-mapped already: preload adds nothing
-    raise FacelabError(f"{path}: a {fmt} training set cannot be read directly; `facelab convert` it first")
+    opener = {"folder": ImageFolderDataset, "rec": RecordIODataset, "list": FileListDataset}[fmt]
+    return opener(path)
+
+
+def _damaged_records(dataset: Dataset) -> list:
+    """Damaged RecordIO records that a scan left out of the images (a plain file), as bad images."""
+    from facelab.data.check import BadImage
+
+    damaged = getattr(dataset, "damaged", None)
+    if not damaged:
+        return []
+    file = dataset.file
+    held = set(file.offsets[np.searchsorted(file.keys, dataset.image_keys)].tolist())
+    return [BadImage(f"{dataset.rec_path} at byte offset {d.offset}", d.reason) for d in damaged
+            if d.offset not in held]

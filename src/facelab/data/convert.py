@@ -6,23 +6,40 @@ Formats:
   - "list":   `list.txt` of "relative/path label" lines, paths relative to the list's folder.
 Encoded image bytes are copied, never re-encoded, so every conversion is lossless. Every output gets a
 `property` file ("num_classes,height,width"); the size is read from the source's `property` or, failing
-that, from its first image (images are not all decoded). Outputs are never written over existing data.
-Damaged RecordIO records are left out, counted (`skipped`, `damaged` in the result) and listed in
-`skipped.csv` (offset,reason) beside the output's `property`.
+that, from its first good image. Outputs are never written over existing data.
+
+Every image is checked to decode cleanly (facelab.data.check, in a process pool) before it is
+written: damaged RecordIO records and images that do not decode (empty, undecodable, repaired by the
+decoder) are left out, counted (`skipped`; `damaged` and `undecodable` in the result) and listed in
+`skipped.csv` (source,offset,reason: the file, the record's byte offset in a `.rec`, why) beside the
+output's `property`.
+
+Nothing half-written ever carries the output's name: a folder output (image folder, list, RecordIO
+folder) is built in a temporary folder beside it and renamed into place whole; a named `X.rec` gets
+its files renamed into place, `property` last. The temporaries of a killed conversion are removed by
+the next one writing beside them (facelab.io.remove_stale_temps), never those of a live one.
 """
 
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from facelab.data.check import screen_stream
+from facelab.data.filelist import label_names, list_classes, list_path, parse_list
 from facelab.data.folder import scan_folder
 from facelab.data.recordio import Damaged, RecordIODataset, read_property, write_rec_files
 from facelab.errors import FacelabError
-from facelab.io import decode_image, write_skipped
+from facelab.io import (
+    check_writable,
+    decode_image,
+    follow_umask,
+    remove_stale_temps,
+    temp_beside,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +47,41 @@ FORMATS = ("folder", "rec", "list")
 _SIGNATURES = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png", b"BM": ".bmp"}
 
 
+class _Item(NamedTuple):
+    label: int
+    data: bytes  # encoded image
+    name: str  # file name to use in a folder output
+    source: str  # where it comes from: an image file, or the `.rec` file
+    offset: int | None  # the record's byte offset in a `.rec`
+
+
+class Skipped(NamedTuple):
+    """An image left out of the output: its source file, its byte offset in a `.rec` (else None),
+    and why."""
+
+    source: str
+    offset: int | None
+    reason: str
+
+
 class _Source(NamedTuple):
     format: str
     classes: list[str]  # identity names, index = label
     count: int
-    items: Iterator[tuple[int, bytes, str]]  # (label, encoded bytes, file name to use)
+    items: Iterator[_Item]
     size: tuple[int, int] | None  # (H, W) if the source states it
     damaged: list[Damaged]  # records left out; complete once `items` is exhausted
+    path: str  # the `.rec` file the damaged offsets refer to, else the source
 
 
-def _label_names(num_classes: int) -> list[str]:
-    """Zero-padded names, so that sorting them (scan_folder) gives back the labels."""
-    width = len(str(max(num_classes - 1, 0)))
-    return [f"{c:0{width}d}" for c in range(num_classes)]
-
-
-def _suffix(data: bytes, where: str) -> str:
+def _suffix(data: bytes) -> str:
+    """File suffix of encoded image bytes, or "" if their encoding is not JPEG, PNG, BMP or WebP."""
     for sig, ext in _SIGNATURES.items():
         if data.startswith(sig):
             return ext
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
-    raise FacelabError(f"{where}: unknown image encoding (not JPEG, PNG, BMP or WebP)")
+    return ""
 
 
 def _read_bytes(path: Path, where: str) -> bytes:
@@ -87,61 +117,32 @@ def detect_format(path: Path) -> str:
 
 def _open_folder(root: Path) -> _Source:
     classes, samples = scan_folder(root)
-    items = ((label, _read_bytes(p, str(root)), p.name) for p, label in samples)
-    return _Source("folder", classes, len(samples), items, _stated_size(root / "property"), [])
+    items = (_Item(label, _read_bytes(p, str(root)), p.name, str(p), None) for p, label in samples)
+    size = _stated_size(root / "property")
+    return _Source("folder", classes, len(samples), items, size, [], str(root))
 
 
 def _open_rec(path: Path) -> _Source:
     ds = RecordIODataset(path)
     where = str(ds.rec_path)
 
-    def items() -> Iterator[tuple[int, bytes, str]]:
+    def items() -> Iterator[_Item]:
         for i, data, label in ds.readable():
-            yield label, data, f"{i:08d}{_suffix(data, f'{where} image {i}')}"
+            offset = ds.file.offset(int(ds.image_keys[i]))
+            yield _Item(label, data, f"{i:08d}{_suffix(data)}", where, offset)
 
-    return _Source("rec", _label_names(ds.num_classes), len(ds), items(), ds.size, ds.damaged)
+    return _Source("rec", label_names(ds.num_classes), len(ds), items(), ds.size, ds.damaged, where)
 
 
 def _open_list(path: Path) -> _Source:
-    list_path = path / "list.txt" if path.is_dir() else path
-    entries = _parse_list(list_path)
-    prop = list_path.parent / "property"
-    num_classes = max(label for _, label in entries) + 1
-    if prop.is_file():
-        stated = read_property(prop)[0]
-        if stated < num_classes:
-            raise FacelabError(f"{prop}: {stated} classes, but {list_path} uses label {num_classes - 1}")
-        num_classes = stated
-    items = ((label, _read_bytes(list_path.parent / rel, f"{list_path} line {n}"),
-              f"{i:08d}{Path(rel).suffix}")
-             for i, (n, (rel, label)) in enumerate(zip(_line_numbers(list_path), entries, strict=True)))
-    return _Source("list", _label_names(num_classes), len(entries), items, _stated_size(prop), [])
-
-
-def _line_numbers(list_path: Path) -> list[int]:
-    return [n for n, line in enumerate(list_path.read_text().splitlines(), 1) if line.strip()]
-
-
-def _parse_list(list_path: Path) -> list[tuple[str, int]]:
-    """"relative/path label" lines -> [(path, label)]; the label is the last field (paths may hold spaces)."""
-    try:
-        lines = list_path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FacelabError(f"{list_path}: cannot read file list ({e})") from None
-    entries = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise FacelabError(f"{list_path} line {n}: expected 'relative/path label', got {line.strip()!r}")
-        if Path(parts[0]).is_absolute() or ".." in Path(parts[0]).parts:
-            raise FacelabError(f"{list_path} line {n}: path {parts[0]!r} must be relative, "
-                               "inside the list's folder")
-        entries.append((parts[0], int(parts[1])))
-    if not entries:
-        raise FacelabError(f"{list_path}: the file list is empty")
-    return entries
+    lst = list_path(path)
+    entries = parse_list(lst)
+    num_classes = list_classes(lst, entries)
+    items = (_Item(label, _read_bytes(lst.parent / rel, f"{lst} line {n}"),
+                   f"{i:08d}{Path(rel).suffix}", str(lst.parent / rel), None)
+             for i, (n, rel, label) in enumerate(entries))
+    size = _stated_size(lst.parent / "property")
+    return _Source("list", label_names(num_classes), len(entries), items, size, [], str(lst))
 
 
 def _stated_size(prop: Path) -> tuple[int, int] | None:
@@ -168,23 +169,16 @@ def _check_free(path: Path) -> None:
         raise FacelabError(f"{path}: already exists and is not empty; choose a new output path")
 
 
-def _write_tree(root: Path, source: _Source, size: tuple[int, int], list_name: str | None) -> None:
-    """Images under root/<identity>/, optionally a list file, then `property`; built in a temporary folder
-    beside `root` and renamed into place."""
+def _build_folder(root: Path, build: Callable[[Path], None],
+                  finish: Callable[[Path], None]) -> None:
+    """build(tmp) then finish(tmp) in a temporary folder beside `root` (which must be free), then
+    rename it into place whole, with the user's umask: `root` names a complete output or nothing."""
     _check_free(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp = temp_beside(root, directory=True)
     try:
-        for name in source.classes:
-            (tmp / name).mkdir()
-        lines = []
-        for label, data, name in source.items:
-            rel = f"{source.classes[label]}/{name}"
-            (tmp / rel).write_bytes(data)
-            lines.append(f"{rel} {label}\n")
-        if list_name is not None:
-            (tmp / list_name).write_text("".join(lines))
-        (tmp / "property").write_text(f"{len(source.classes)},{size[0]},{size[1]}\n")
+        build(tmp)
+        finish(tmp)
+        follow_umask(tmp, directory=True)  # mkdtemp made it private
         if root.is_dir():
             root.rmdir()  # empty, checked above
         os.replace(tmp, root)
@@ -193,22 +187,57 @@ def _write_tree(root: Path, source: _Source, size: tuple[int, int], list_name: s
         raise
 
 
+def _tree_writer(source: _Source, size: tuple[int, int],
+                 list_name: str | None) -> Callable[[Path], None]:
+    """Images under <folder>/<identity>/, optionally a list file, then `property`."""
+
+    def build(tmp: Path) -> None:
+        for name in source.classes:
+            (tmp / name).mkdir()
+        lines = []
+        for item in source.items:
+            rel = f"{source.classes[item.label]}/{item.name}"
+            (tmp / rel).write_bytes(item.data)
+            lines.append(f"{rel} {item.label}\n")
+        if list_name is not None:
+            (tmp / list_name).write_text("".join(lines))
+        (tmp / "property").write_text(f"{len(source.classes)},{size[0]},{size[1]}\n")
+
+    return build
+
+
+def _rec_writer(source: _Source, size: tuple[int, int]) -> Callable[[Path], None]:
+    """train.rec, train.idx, property in a folder."""
+
+    def build(tmp: Path) -> None:
+        samples = ((item.label, item.data) for item in source.items)
+        write_rec_files(tmp / "train.rec", tmp / "train.idx", tmp / "property", samples,
+                        len(source.classes), size)
+
+    return build
+
+
 def output_dir(dst: Path, fmt: str) -> Path:
     """The folder that receives the output's `property` (and `skipped.csv`)."""
     return dst.parent if (fmt, dst.suffix) in (("rec", ".rec"), ("list", ".txt")) else dst
 
 
-def _write_rec(dst: Path, source: _Source, size: tuple[int, int]) -> None:
-    if dst.suffix == ".rec":
-        rec, idx, prop = dst, dst.with_suffix(".idx"), dst.parent / "property"
-    else:
-        _check_free(dst)
-        rec, idx, prop = dst / "train.rec", dst / "train.idx", dst / "property"
-    for path in (rec, idx, prop, prop.with_name("skipped.csv")):
-        if path.exists():
-            raise FacelabError(f"{path}: already exists; choose a new output path")
-    samples = ((label, data) for label, data, _ in source.items)
-    write_rec_files(rec, idx, prop, samples, len(source.classes), size)
+def _named_rec(dst: Path, fmt: str) -> bool:
+    """Whether the output is a named `X.rec` (files written beside it), not a folder built whole."""
+    return fmt == "rec" and dst.suffix == ".rec"
+
+
+def _check_output(dst: Path, fmt: str) -> Path:
+    """Refuse an output that would write over data; returns the folder its temporaries go to."""
+    if _named_rec(dst, fmt):
+        beside = (dst.with_suffix(".idx"), dst.parent / "property", dst.parent / "skipped.csv")
+        for path in (dst, *beside):
+            if path.exists():
+                raise FacelabError(f"{path}: already exists; choose a new output path")
+        return dst.parent
+    root = output_dir(dst, fmt)
+    _check_free(root)
+    return root.parent
 
 
 # ---------------------------------------------------------------- entry point
@@ -229,40 +258,98 @@ class _Tally:
         return item
 
 
+def _good(source: _Source, undecodable: list[Skipped], named: bool) -> Iterator[_Item]:
+    """The source's items that decode cleanly; the others are appended to `undecodable`. `named`:
+    the output is a folder, whose files need a known image suffix."""
+    for item, reason in screen_stream(source.items, lambda it: it.data):
+        if reason is not None:
+            log.info("%s%s: %s; left out", item.source,
+                     "" if item.offset is None else f" (byte offset {item.offset})", reason)
+            undecodable.append(Skipped(item.source, item.offset, reason))
+            continue
+        if named and not Path(item.name).suffix:  # decodes, in a format a folder cannot name
+            raise FacelabError(f"{item.source} (byte offset {item.offset}): unknown image encoding "
+                               "(not JPEG, PNG, BMP or WebP)")
+        yield item
+
+
 def convert(src: Path, dst: Path, fmt: str | None = None) -> dict:
-    """Convert the training set at `src` (format detected) to `dst` (format `fmt`, else from dst's name:
-    `.rec` -> rec, `.txt` -> list, otherwise folder). Returns counts and formats; `images` counts the images
-    written, `skipped` the damaged source records left out, `damaged` their [(offset, reason)], also written
-    to `skipped.csv` in the output folder when there are any."""
+    """Convert the training set at `src` (format detected) to `dst` (format `fmt`, else from dst's
+    name: `.rec` -> rec, `.txt` -> list, otherwise folder). Returns counts and formats: `images`
+    counts the images written, `skipped` those left out, `damaged` the damaged source records
+    [(offset, reason)] and `undecodable` the images that do not decode cleanly [Skipped(source,
+    offset, reason)]; all skipped ones are listed in `skipped.csv` in the output folder, if any.
+    The output folder is checked writable before any work."""
     src, dst = Path(src), Path(dst)
     src_fmt, dst_fmt = detect_format(src), _output_format(dst, fmt)
     src_root = src if src.is_dir() else src.parent
     if src_fmt != "rec" and dst.resolve().is_relative_to(src_root.resolve()):
         raise FacelabError(f"{dst}: output must not lie inside the source folder {src_root}")
+    work = check_writable(_check_output(dst, dst_fmt))
+    remove_stale_temps(work)  # what a killed conversion left beside the output
     source = _OPENERS[src_fmt](src)
-    first = next(source.items, None)
+    undecodable: list[Skipped] = []
+    good = _good(source, undecodable, named=dst_fmt != "rec")
+    first = next(good, None)
     if first is None:
-        raise FacelabError(f"{src}: no images to convert")
-    size = source.size or decode_image(first[1], f"{src} ({first[2]})").shape[:2]
-    tally = _Tally(_prepend(first, source.items))
+        raise FacelabError(f"{src}: no images to convert" + _first_skipped(undecodable))
+    size = source.size or decode_image(first.data, first.source).shape[:2]
+    tally = _Tally(_prepend(first, good))
     source = source._replace(items=tally)
-    if dst_fmt == "rec":
-        _write_rec(dst, source, size)
-    elif dst_fmt == "list":
-        root, name = (dst.parent, dst.name) if dst.suffix == ".txt" else (dst, "list.txt")
-        _write_tree(root, source, size, name)
-    else:
-        _write_tree(dst, source, size, None)
-    damaged = sorted(source.damaged)
-    if damaged:
-        write_skipped(output_dir(dst, dst_fmt) / "skipped.csv", "offset", damaged)
-    log.info("converted %s (%s) -> %s (%s): %d images, %d identities, %d damaged records skipped", src, src_fmt,
-             dst, dst_fmt, tally.count, len(source.classes), len(damaged))
+    _write(dst, dst_fmt, source, size, lambda folder: _write_skipped(folder, source, undecodable))
+    skipped = _skipped_rows(source, undecodable)
+    log.info("converted %s (%s) -> %s (%s): %d images, %d identities, %d skipped", src, src_fmt,
+             dst, dst_fmt, tally.count, len(source.classes), len(skipped))
     return {"src_format": src_fmt, "dst_format": dst_fmt, "images": tally.count,
             "classes": len(source.classes), "height": int(size[0]), "width": int(size[1]),
-            "skipped": len(damaged), "damaged": damaged}
+            "skipped": len(skipped), "damaged": sorted(source.damaged), "undecodable": undecodable}
 
 
-def _prepend(first: tuple, rest: Iterator) -> Iterator:
+def _write(dst: Path, fmt: str, source: _Source, size: tuple[int, int],
+           finish: Callable[[Path], None]) -> None:
+    if _named_rec(dst, fmt):
+        samples = ((item.label, item.data) for item in source.items)
+        write_rec_files(dst, dst.with_suffix(".idx"), dst.parent / "property", samples,
+                        len(source.classes), size)
+        finish(dst.parent)
+    elif fmt == "rec":
+        _build_folder(dst, _rec_writer(source, size), finish)
+    elif fmt == "list":
+        root, name = (dst.parent, dst.name) if dst.suffix == ".txt" else (dst, "list.txt")
+        _build_folder(root, _tree_writer(source, size, name), finish)
+    else:
+        _build_folder(dst, _tree_writer(source, size, None), finish)
+
+
+def _skipped_rows(source: _Source, undecodable: list[Skipped]) -> list[Skipped]:
+    damaged = [Skipped(source.path, d.offset, d.reason) for d in sorted(source.damaged)]
+    return damaged + undecodable
+
+
+def _write_skipped(folder: Path, source: _Source, undecodable: list[Skipped]) -> None:
+    """`skipped.csv` (source,offset,reason) in the output folder, if anything was left out."""
+    rows = _skipped_rows(source, undecodable)
+    if rows:
+        write_table(folder / "skipped.csv", ["source", "offset", "reason"], rows)
+
+
+def summary_line(summary: dict, dst: Path) -> str:
+    """One line for the command line: what was left out, the first one, and where all are listed."""
+    damaged, undecodable = summary["damaged"], summary["undecodable"]
+    first = (f"{undecodable[0].source}: {undecodable[0].reason}" if not damaged
+             else f"the record at byte offset {damaged[0].offset}: {damaged[0].reason}")
+    csv = output_dir(Path(dst), summary["dst_format"]) / "skipped.csv"
+    return (f"{summary['skipped']} skipped ({len(damaged)} damaged records, {len(undecodable)} "
+            f"images that do not decode cleanly), the first: {first} (all listed in {csv})")
+
+
+def _first_skipped(undecodable: list[Skipped]) -> str:
+    if not undecodable:
+        return ""
+    first = undecodable[0]
+    return f" ({len(undecodable)} left out, the first: {first.source}: {first.reason})"
+
+
+def _prepend(first: _Item, rest: Iterator[_Item]) -> Iterator[_Item]:
     yield first
     yield from rest

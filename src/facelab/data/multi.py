@@ -127,15 +127,21 @@ class DatasetShareSampler(ResumableBatchSampler):
 
 
 def open_training_data(data, preload: bool = False) -> Dataset:
-    """`data` (a DataConfig): the single set `data.train`, or the `UnionDataset` of `data.datasets`."""
+    """`data` (a DataConfig): the single set `data.train`, or the `UnionDataset` of `data.datasets`,
+    each checked as `data.check_images` and `data.skip_bad` say (facelab.data.open_training_set).
+    The result's `bad_images` [(name, reason)] lists the images left out (empty when none)."""
     from facelab.data import open_training_set
 
+    checks = {"check_images": data.check_images, "skip_bad": data.skip_bad}
     if not data.datasets:
         if not data.train:
             raise FacelabError("config data.train: no training set given (or give data.datasets)")
-        return open_training_set(data.train, preload=preload)
+        return open_training_set(data.train, preload=preload, **checks)
     names = [e.name or Path(e.path).name for e in data.datasets]
-    return UnionDataset([open_training_set(e.path, preload=preload) for e in data.datasets], names)
+    parts = [open_training_set(e.path, preload=preload, **checks) for e in data.datasets]
+    union = UnionDataset(parts, names)
+    union.bad_images = [bad for d in parts for bad in getattr(d, "bad_images", [])]
+    return union
 
 
 def dataset_sampler(dataset: UnionDataset, data, seed: int, rank: int = 0, world_size: int = 1

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from facelab.config import Config, check_choice
+from facelab.config import Config
 from facelab.data.samplers import ResumableBatchSampler
 from facelab.errors import FacelabError
 
@@ -114,11 +114,8 @@ class SiamesePairSampler(_LabelSampler):
 def build_label_sampler(labels: np.ndarray, cfg: Config, rank: int = 0, world_size: int = 1) -> _LabelSampler | None:
     """The sampler for data.sampler = pk | siamese, or None for the uniform one (data/samplers.py)."""
     d = cfg.data
-    check_choice(d.sampler, ("uniform", "pk", "siamese"), "data.sampler")
     if d.sampler == "uniform":
         return None
-    if d.adaptive_sampling.enabled:
-        raise FacelabError(f"config data.sampler: {d.sampler!r} cannot be combined with data.adaptive_sampling")
     try:
         if d.sampler == "pk":
             return PKBatchSampler(labels, d.batch_size, d.pk_k, cfg.seed, d.flip, rank, world_size)

@@ -24,7 +24,6 @@ import logging
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -34,7 +33,14 @@ import torch
 from torch.utils.data import Dataset
 
 from facelab.errors import FacelabError
-from facelab.io import decode_image, write_atomic
+from facelab.io import (
+    decode_image,
+    follow_umask,
+    fsync_file,
+    remove_stale_temps,
+    temp_beside,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +230,7 @@ class RecordFile:
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
         self.path = Path(rec_path)
+        self.idx_path = None if idx_path is None else Path(idx_path)
         self._mm: mmap.mmap | None = None
         self._pid = -1
         self.damaged: list[Damaged] = []
@@ -252,6 +259,10 @@ class RecordFile:
                 raise FacelabError(f"{self.path}: cannot open record file ({e.strerror})") from None
             self._pid = os.getpid()
         return self._mm
+
+    def size(self) -> int:
+        """The file's length in bytes."""
+        return len(self._map())
 
     def offset(self, key: int) -> int:
         """Byte offset of record `key`; FacelabError naming the key if the file has no such record."""
@@ -312,6 +323,7 @@ class RecordIODataset(Dataset):
         self.rec_path, idx, prop = _resolve(Path(path))
         self.file = RecordFile(self.rec_path, idx)
         self.damaged: list[Damaged] = list(self.file.damaged)
+        self.bad_images: list[tuple[str, str]] = []  # (record, reason) left out by the image check
         self.image_keys, self.labels = self._index()
         self.size: tuple[int, int] | None = None  # (H, W) from `property`
         if prop is not None:
@@ -329,12 +341,34 @@ class RecordIODataset(Dataset):
         """(image record keys [N], labels [N]) from the header/identity records, else from every record."""
         self._header_classes = 0
         if len(self.file) and self.file.keys[0] == 0:
-            head, _ = self.file.read_image(0)
+            head, image = self.file.read_image(0)
             if head.flag >= 2 and self._is_header(head.label):
                 a, b = int(head.label[0]), int(head.label[1])
                 self._header_classes = b - a
                 return np.arange(1, a, dtype=np.int64), self._identity_labels(a, b)
+            self._check_complete(head, image)
         return self._scan_labels()
+
+    def _check_complete(self, head: RecordHeader, image: bytes) -> None:
+        """FacelabError if record 0 is an insightface header (labels (a, b), no image) announcing
+        more records than the file holds: the file lost its end. (Read as a plain file, the header
+        would be an image of label a, and the error a label out of range.)"""
+        if head.flag < 2 or image or not all(float(v).is_integer() for v in head.label[:2]):
+            return
+        a, b = int(head.label[0]), int(head.label[1])
+        held = int(self.file.keys[-1]) + 1
+        if not 1 <= a <= b or b <= held:
+            return
+        size, damaged, idx = self.file.size(), self.file.damaged, self.file.idx_path
+        if idx is not None:
+            cut = f"its index {idx} lists {held}"
+        elif damaged:
+            at = damaged[-1].offset
+            cut = f"the file holds {held}, cut off in the record at byte offset {at}"
+        else:
+            cut = f"the file holds {held}, ending at byte offset {size}"
+        raise FacelabError(f"{self.rec_path}: truncated: its header record announces {b} records "
+                           f"({a - 1} images, {b - a} identities) but {cut} (file size {size})")
 
     def _is_header(self, label: np.ndarray) -> bool:
         a, b = float(label[0]), float(label[1])
@@ -397,6 +431,22 @@ class RecordIODataset(Dataset):
                                f"label {label} but its identity record says {self.labels[index]}")
         return image, label
 
+    def encoded(self, index: int) -> bytes:
+        """Encoded image bytes of image `index` (for the image check); FacelabError naming the
+        record."""
+        return self.raw(index)[0]
+
+    def image_name(self, index: int) -> str:
+        key = int(self.image_keys[index])
+        return f"{self.rec_path} record {key} at byte offset {self.file.offset(key)}"
+
+    def exclude(self, indices: Iterable[int]) -> None:
+        """Leave these images out (bad ones); the classes and every other label stay as they are."""
+        drop = set(indices)
+        if drop:
+            keep = [i for i in range(len(self.image_keys)) if i not in drop]
+            self.image_keys, self.labels = self.image_keys[keep], self.labels[keep]
+
     def readable(self) -> Iterator[tuple[int, bytes, int]]:
         """(index, encoded image bytes, label) of every image in order, leaving out (logged, and appended to
         `damaged`) those whose record is damaged. Other errors (a label its identity record contradicts) raise."""
@@ -444,22 +494,23 @@ def write_rec_files(rec: Path, idx: Path, prop: Path, samples: Iterable[tuple[in
     """`write_recordio` with explicit file names. Images are stored sorted by label (stable), so each
     identity's range is contiguous; the encoded bytes are copied as given. Two passes (the images go to a
     scratch file first), so memory stays small. Atomic: temporary files are renamed into place (`.rec`,
-    `.idx`, then `property` last; an old `property` is removed first)."""
+    `.idx`, then `property` last; an old `property` is removed first), with the user's umask;
+    scratch files a killed writer left in the folder are removed first."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if num_classes < 1 or len(size) != 2 or min(size) < 1:
         raise FacelabError(f"num_classes {num_classes} and image size {image_size} must be positive")
     h, w = size
     rec.parent.mkdir(parents=True, exist_ok=True)
-    tmps = []
-    for name in (rec.name + ".blob", rec.name, idx.name):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=rec.parent)
-        os.close(fd)
-        tmps.append(Path(tmp))
+    remove_stale_temps(rec.parent)  # a killed writer's scratch files
+    tmps = [temp_beside(rec, tag=".blob"), temp_beside(rec), temp_beside(idx)]
     try:
         with open(tmps[0], "wb") as blob:
             labels, spans = _write_blob(blob, samples, num_classes)
         offsets = _write_sorted(tmps[0], tmps[1], labels, spans, num_classes)
         tmps[2].write_text("".join(f"{k}\t{o}\n" for k, o in enumerate(offsets)))
+        for tmp in tmps[1:]:
+            fsync_file(tmp)  # on disk before a rename makes it visible
+            follow_umask(tmp)  # mkstemp made them private
         prop.unlink(missing_ok=True)
         os.replace(tmps[1], rec)
         os.replace(tmps[2], idx)

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 
 from facelab.distill.ddl import branch_similarities
 from facelab.eval.embed import embed_images
-from facelab.eval.report import write_json_atomic
 from facelab.io import write_atomic
+from facelab.jsonfile import write_json_atomic
 
 BEFORE, AFTER, PNG = "ddl_before.json", "ddl_after.json", "ddl_histograms.png"
 PER_BRANCH = 5  # at most this many easy and this many hard images per held-out identity

@@ -53,9 +53,6 @@ def distill_data(dataset: Dataset, cfg: Config, env: DistEnv | None = None,
     (`env`) the sampler yields this rank's share of each global batch."""
     rank, world_size = (env.rank, env.world_size) if env else (0, 1)
     d = cfg.distill
-    if cfg.data.adaptive_sampling.enabled:
-        raise FacelabError("config data.adaptive_sampling.enabled: cannot be combined with distill.name ddl "
-                           "(each brings its own batch sampler)")
     easy, hard = split(dataset, d)
     labels = np.asarray(dataset.labels)
     pools = eligible_pools(labels, easy, hard, d.easy_per_identity, d.hard_per_identity)

@@ -8,8 +8,9 @@ initialised (tests that spawn processes themselves) is used as it is. Without WO
 
 import gc
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,8 @@ from torch import nn
 
 from facelab.distributed.batchnorm import convert_batchnorm
 from facelab.errors import FacelabError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,26 @@ def teardown(env: DistEnv, finished: bool = False) -> None:
 def barrier(env: DistEnv) -> None:
     if env.world_size > 1:
         dist.barrier()
+
+
+def on_main(env: DistEnv, action: Callable[[], T]) -> T | None:
+    """`action()` on rank 0 (the run folder's writer); every rank raises rank 0's FacelabError if it
+    failed, so no rank waits at a barrier for a rank that has left. Other ranks get None."""
+    result, message = None, None
+    if env.main:
+        try:
+            result = action()
+        except FacelabError as e:
+            message = str(e)
+            if env.world_size == 1:
+                raise
+    if env.world_size > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise FacelabError(message)
+    return result
 
 
 def wrap_backbone(backbone: nn.Module, env: DistEnv) -> tuple[nn.Module, ...]:

@@ -2,8 +2,9 @@
 
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.eval.embed import embed_images, evaluate_pairsets
-from facelab.eval.report import format_table, plot_roc, write_json_atomic
+from facelab.eval.report import format_table, plot_roc
 from facelab.eval.verification import verify_pairs, verify_pairs_reference
+from facelab.jsonfile import write_json_atomic
 
 __all__ = [
     "PREPROCESS_DEFAULT",

@@ -1,20 +1,26 @@
 """A self-contained `index.html` per evaluation: title, run, conventions, tables, plots, data checks.
 
-One file, no external resources: inline CSS and a five-line script that marks the page with
-`data-images="<loaded>/<total>"` once every <img> has settled (a broken image gets a red outline), so a
-reader (or a headless browser test) sees at once whether the plots loaded. Every text is HTML-escaped;
-plots are <img> with paths relative to the page. Tables come from the markdown tables the CLI prints
-(`facelab.eval.report.format_table` and friends), so the page shows the same numbers.
+One file, no external resources: inline CSS, a five-line script that marks the page with
+`data-images="<loaded>/<total>"` once every <img> has settled (a broken image gets a red
+outline), so a reader (or a headless browser test) sees at once whether the plots loaded, and
+every plot inline as a `data:` URI (base64 of the PNG or SVG file written beside the page), so
+the page alone, copied or mailed anywhere, shows everything. Every text is HTML-escaped. Tables
+come from the markdown tables the CLI prints (`facelab.eval.report.format_table` and friends),
+so the page shows the same numbers.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 
+from facelab.errors import FacelabError
 from facelab.io import write_atomic
+
+_MIME = {".png": "image/png", ".svg": "image/svg+xml"}
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #bbb;padding:.25em .6em}
@@ -101,7 +107,13 @@ def render_html(
     images: Sequence[tuple[str, str]],
     checks: Mapping | None = None,
 ) -> str:
-    """The page: run facts, [(caption, markdown table)], [(caption, relative image path)], conventions, checks."""
+    """The page: run facts, [(caption, markdown table)], [(caption, image data: URI)],
+    conventions, checks. Images must be inline (`image_data_uri`): a page pointing at files
+    would lose its plots once copied alone.
+    """
+    bad = [src[:40] for _, src in images if not src.startswith("data:image/")]
+    if bad:
+        raise ValueError(f"index.html: images must be data:image/ URIs (image_data_uri), got {bad}")
     parts = [f"<h1>{escape(title)}</h1>", "<h2>Run</h2>", _key_values(run), "<h2>Results</h2>"]
     for caption, table in tables:
         parts += [f"<h3>{escape(caption)}</h3>", markdown_table_html(table)]
@@ -121,7 +133,32 @@ def render_html(
     )
 
 
-def write_html(path: Path, *args: object, **kw: object) -> None:
-    """render_html(...) written atomically to path (UTF-8)."""
-    page = render_html(*args, **kw)
-    write_atomic(Path(path), lambda tmp: tmp.write_text(page, encoding="utf-8"))
+def image_data_uri(path: Path) -> str:
+    """A PNG or SVG file as a `data:` URI (base64): an <img> that needs no file beside the page."""
+    path = Path(path)
+    mime = _MIME.get(path.suffix.lower())
+    if mime is None:
+        raise FacelabError(f"{path}: a report image must be .png or .svg")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FacelabError(f"{path}: cannot read the plot for index.html "
+                           f"({e.strerror or e})") from None
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def write_html(
+    path: Path,
+    title: str,
+    run: Mapping[str, object],
+    conventions: Mapping[str, Mapping],
+    tables: Sequence[tuple[str, str]],
+    images: Sequence[tuple[str, str | Path]],
+    checks: Mapping | None = None,
+) -> None:
+    """render_html(...) written atomically to path (UTF-8), images given as [(caption, image file)]:
+    files relative to the page's folder (plots written beside it), inlined as data: URIs."""
+    path = Path(path)
+    inline = [(caption, image_data_uri(path.parent / file)) for caption, file in images]
+    page = render_html(title, run, conventions, tables, inline, checks)
+    write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

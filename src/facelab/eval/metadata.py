@@ -31,7 +31,7 @@ import numpy as np
 from facelab.align.folder import MANIFEST as ALIGN_MANIFEST
 from facelab.data.transforms import PREPROCESS_DEFAULT, check_preprocess
 from facelab.errors import FacelabError
-from facelab.io import write_atomic
+from facelab.jsonfile import write_json_atomic
 
 FIELDS = ("template", "size", "colour", "mean", "std")
 ASSUMED = "assumed (insightface default for a bare .bin)"
@@ -76,14 +76,7 @@ def write_sidecar(bin_path: Path, meta: Mapping) -> None:
     """Write `<set>.json` next to a `.bin` (atomically) after checking its preprocessing fields."""
     side = sidecar_path(bin_path)
     check_declared(meta, str(side))
-    text = json.dumps(dict(meta), indent=1, default=_plain) + "\n"
-    write_atomic(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _plain(obj: object) -> object:
-    if isinstance(obj, np.generic | np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    write_json_atomic(side, dict(meta))
 
 
 def describe_bin(path: Path) -> dict:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from facelab.errors import FacelabError
-from facelab.eval.report import write_json_atomic
-from facelab.io import write_atomic
+from facelab.io import check_output_folder, write_atomic
+from facelab.jsonfile import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def best_f1(rows: list[dict], truth: set[tuple[str, str]]) -> dict:
 def merge_folders(a: Path, b: Path, rows: list[dict], threshold: float, out: Path) -> dict:
     """Copy A's classes as A_<class> and B's as B_<class>, except that a B class called shared with A class
     a goes into A_<a> (file names prefixed B_<class>_). Written to a temporary folder, then renamed."""
-    if out.exists():
-        raise FacelabError(f"{out}: exists; choose a new folder for the merged set")
+    _check_merge_target(out)
     shared = {r["b_class"]: r["a_class"] for r in rows if r["similarity"] >= threshold}
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -131,6 +130,13 @@ def merge_folders(a: Path, b: Path, rows: list[dict], threshold: float, out: Pat
             shutil.copy2(f, target / f"{prefix}{f.name}")
     tmp.rename(out)
     return {"merged_pairs": len(shared), "classes": sum(1 for p in out.iterdir() if p.is_dir())}
+
+
+def _check_merge_target(out: Path) -> None:
+    """The merged folder must be new and its parent writable (the set is built beside it)."""
+    if out.exists():
+        raise FacelabError(f"{out}: exists; choose a new folder for the merged set")
+    check_output_folder(out.parent, f"folder of the merged set {out.name}")
 
 
 def _write_candidates(path: Path, rows: list[dict]) -> None:
@@ -147,16 +153,19 @@ def _write_candidates(path: Path, rows: list[dict]) -> None:
 def find_overlap(model_run: str | Path, a: Path, b: Path, out: Path, truth: Path | None = None,
                  threshold: float = 0.5, merge: Path | None = None, centre: bool = False,
                  truth_datasets: tuple[str, str] | None = None) -> dict:
-    """Embed both folders with the run's model, write candidates.csv and overlap.json to `out` (see module)."""
+    """Embed both folders with the run's model, write candidates.csv and overlap.json to `out`
+    (see module). `out` and `merge` (new, in a writable folder) are checked before any work."""
     from facelab.eval.search import _embed_folder
     from facelab.train.checkpoint import resolve_checkpoint
     from facelab.train.task import load_model
 
+    out = check_output_folder(Path(out))
+    if merge is not None:
+        _check_merge_target(Path(merge))
     model, preprocess = load_model(resolve_checkpoint(model_run))
     feats_a, names_a, _ = _embed_folder(model, preprocess, Path(a))
     feats_b, names_b, _ = _embed_folder(model, preprocess, Path(b))
     rows = candidates(feats_a, names_a, feats_b, names_b, centre)
-    out.mkdir(parents=True, exist_ok=True)
     _write_candidates(out / "candidates.csv", rows)
     summary: dict = {"a": str(a), "b": str(b), "threshold": threshold, "centre": centre,
                      "called": sum(r["similarity"] >= threshold for r in rows)}

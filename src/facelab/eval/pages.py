@@ -1,5 +1,8 @@
 """The report folder of each evaluation entry: plots and `index.html` next to metrics.json.
 
+The PNG plots stay beside the page for other uses; index.html carries them inline (data: URIs,
+facelab.eval.html), so the page alone, copied anywhere, shows everything.
+
 `facelab eval` (pair sets): roc.png, scores.png (genuine vs impostor cosine histograms), index.html.
 `facelab ijb`: roc.png, scores.png (1:1 template-pair scores per mode), cmc.png (1:N), index.html.
 `facelab search`: cmc.png, index.html.

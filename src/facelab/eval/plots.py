@@ -67,13 +67,16 @@ def cmc_from_ranks(ranks: np.ndarray, max_rank: int) -> dict:
     return {"ranks": k.tolist(), "rate": rate.tolist()}
 
 
-def plot_cmc(curves: Mapping[str, dict], path: Path, title: str = "CMC") -> None:
-    """Identification rate against rank (1..K) of each named {"ranks", "rate"} curve."""
+def cmc_figure(curves: Mapping[str, dict], title: str = "CMC") -> Figure:
+    """Identification rate (%) against rank (1..K) of each named {"ranks", "rate"} curve, the y axis
+    exactly 0-100% (a rate is a fraction of searches; markers at 100% are drawn unclipped)."""
     fig, (ax,) = _figure(1)
     for name, c in curves.items():
         ranks: Sequence[int] = c["ranks"]
         rate = 100 * np.asarray(c["rate"], dtype=np.float64)  # [K]; None (no mated search) -> nan
-        ax.plot(ranks, rate, marker="o", markersize=3, label=f"{name} (rank-1 {rate[0]:.2f}%)")
+        label = f"{name} (rank-1 {rate[0]:.2f}%)"
+        ax.plot(ranks, rate, marker="o", markersize=3, clip_on=False, label=label)
+    ax.set_ylim(0.0, 100.0)
     ax.set_xlabel("rank")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("identification rate (%)")
@@ -81,4 +84,9 @@ def plot_cmc(curves: Mapping[str, dict], path: Path, title: str = "CMC") -> None
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    return fig
+
+
+def plot_cmc(curves: Mapping[str, dict], path: Path, title: str = "CMC") -> None:
+    """`cmc_figure` saved atomically to path (PNG or SVG by its suffix)."""
+    _save(cmc_figure(curves, title), path)

@@ -5,32 +5,13 @@ Every file goes through `facelab.io.write_atomic`: a reader never sees a half-wr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from facelab.io import write_atomic
-
-
-def _json_default(obj: Any) -> Any:
-    """numpy scalars/arrays and paths as plain JSON values."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write obj as indented UTF-8 JSON to path atomically (numpy values become plain numbers)."""
-    text = json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -16,12 +16,21 @@ from facelab.eval.lfw_pairs import load_lfw_pairs
 from facelab.eval.metadata import check_all, describe_array
 from facelab.eval.pages import write_pairs_page
 from facelab.eval.plots import score_histogram
-from facelab.eval.report import plot_roc, without_curves, write_json_atomic
+from facelab.eval.report import plot_roc, without_curves
 from facelab.eval.verification import pair_distances, verify_pairs
+from facelab.io import check_output_folder
+from facelab.jsonfile import write_json_atomic
 from facelab.train.checkpoint import resolve_checkpoint
 from facelab.train.task import load_model
 
 log = logging.getLogger(__name__)
+
+
+def output_folder(checkpoint: str | Path, out: str | Path | None, default: str) -> Path:
+    """`out`, or `<the checkpoint's folder>/<default>`, proven writable now (check_output_folder),
+    so that a command fails in a second (FacelabError naming the folder), not after its work."""
+    folder = Path(out) if out is not None else resolve_checkpoint(checkpoint).parent / default
+    return check_output_folder(folder)
 
 
 def load_pair_sets(bins: list[Path], lfw: tuple[Path, Path] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -71,13 +80,13 @@ def evaluate_checkpoint(
     measured); a mismatch is refused unless its field is in allow_mismatch (or "all").
     """
     path = resolve_checkpoint(checkpoint)
+    out = output_folder(path, out, "eval")
     model, preprocess = load_model(path)
     described = {name: describe_array(images, (data or {}).get(name)) for name, (images, _) in sets.items()}
     checks = check_all(preprocess, described, allow_mismatch)
     results = _evaluate_sets(
         model, sets, preprocess, batch_size, flip, threshold_rule=threshold_rule, spread=spread
     )
-    out = Path(out) if out is not None else path.parent / "eval"
     plot_roc(results, out / "roc.png")
     public = without_curves(results)
     write_json_atomic(

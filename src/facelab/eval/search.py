@@ -37,7 +37,13 @@ _INDEX_FILE, _META_FILE = "index.faiss", "ids.npz"
 
 
 def _import_faiss():
-    """The faiss module, or None when it is not importable."""
+    """The faiss module, or None when it is not importable.
+
+    faiss's loader logs at INFO which CPU build it tries and loads ("Loading faiss with AVX512
+    support.", failed attempts included): nothing the user can act on, so its logger is kept to
+    warnings and errors (a real loading problem still shows). The one place facelab imports faiss.
+    """
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:
@@ -300,16 +306,18 @@ def search_folders(
     and out/candidates.json (each probe's top-k identities and scores), plus cmc.png and index.html (ranks
     1..k, from the top-k lists). Both folders are first checked against the model's preprocessing (their
     align.json; facelab.eval.metadata): a mismatch is refused unless its field is in allow_mismatch (or "all").
-    Returns the metrics.
+    `out` is proven writable before the model is loaded. Returns the metrics.
     """
     from facelab.eval.metadata import check_all, describe_folder
     from facelab.eval.pages import write_search_page
     from facelab.eval.plots import cmc_from_ranks
-    from facelab.eval.report import write_json_atomic
+    from facelab.io import check_output_folder
+    from facelab.jsonfile import write_json_atomic
     from facelab.train.task import load_model
 
     if int(k) < 1:
         raise FacelabError(f"facelab search: --k must be >= 1, got {k}")
+    out = check_output_folder(Path(out))
     model, preprocess = load_model(checkpoint)
     described = {"gallery": describe_folder(Path(gallery_dir)), "probes": describe_folder(Path(probes_dir))}
     checks = check_all(preprocess, described, allow_mismatch)
@@ -330,7 +338,6 @@ def search_folders(
     for p in range(len(probes)):
         top = [[str(n), float(v)] for n, v in zip(names[p], scores[p], strict=True) if v > -np.inf]
         candidates.append({"probe": str(probe_paths[p]), "identity": str(probe_names[p]), "candidates": top})
-    out = Path(out)
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(out / "candidates.json", candidates)
     write_search_page(out, metrics, curve)

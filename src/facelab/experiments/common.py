@@ -66,12 +66,28 @@ def train_once(recipe: str | Path, overrides: Sequence[str], out: Path) -> dict:
     return summary
 
 
+def check_grid(recipe: str | Path, variants: dict[str, Sequence[str]], seeds: Sequence[int],
+               common: Sequence[str] = ()) -> None:
+    """Build and check the config of every (variant, seed) before any data is made or any run trained, so a
+    bad budget (--steps 0) or override fails at once, naming the variant. `common` may hold placeholder
+    data paths: paths are not opened here."""
+    from facelab.train.task import check_names
+
+    if not variants or not seeds:
+        raise FacelabError("experiment: needs at least one variant and one seed")
+    for name, overrides in variants.items():
+        for seed in seeds:
+            try:
+                check_names(load_config(recipe, [*common, f"seed={seed}", *overrides, "output=unused"]))
+            except FacelabError as e:
+                raise FacelabError(f"experiment variant {name!r}: {e}") from None
+
+
 def run_grid(recipe: str | Path, variants: dict[str, Sequence[str]], seeds: Sequence[int], out: Path,
              common: Sequence[str] = ()) -> dict[str, dict[int, dict]]:
     """Train every variant for every seed: {variant: {seed: metrics}}. `common` overrides apply to all
     (data paths, budget); a variant's own overrides come after them and win."""
-    if not variants or not seeds:
-        raise FacelabError("experiment: needs at least one variant and one seed")
+    check_grid(recipe, variants, seeds, common)
     results: dict[str, dict[int, dict]] = {}
     for name, overrides in variants.items():
         for seed in seeds:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from facelab.errors import FacelabError
-from facelab.experiments.common import SETS, markdown_table, run_grid, summarise, write_report
+from facelab.experiments.common import SETS, check_grid, markdown_table, run_grid, summarise, write_report
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def prepare(data: Path, identities: int, images: int, pairs: int, overlaps: list
     from facelab.data.synthetic.multi import run_multi_synth
     from facelab.data.synthetic.pairs import write_pairsets
     from facelab.io import write_atomic
+    from facelab.jsonfile import strict_json
 
     bins = [data / "pairs" / f"{name}.bin" for name in SETS]
     if not all(b.exists() for b in bins):
@@ -56,7 +57,7 @@ def prepare(data: Path, identities: int, images: int, pairs: int, overlaps: list
     for overlap in overlaps:
         root = data / f"overlap{round(100 * overlap)}"
         manifest = run_multi_synth(root, 2, identities, images, overlap, seed=0, pairs=0)
-        source = json.dumps(manifest["params"])
+        source = strict_json(manifest["params"], indent=None)  # the one JSON writer (no NaN)
         for name in manifest["names"]:
             aligned = root / name / "aligned"
             if not (aligned / MANIFEST).exists() or (aligned / "source.json").read_text() != source:
@@ -94,9 +95,13 @@ def run(args: argparse.Namespace) -> int:
         args.steps, args.batch_size, args.seeds = 3, 8, [0]
     if len(args.overlaps) < 1 or not all(0.0 <= o <= 1.0 for o in args.overlaps):
         raise FacelabError(f"experiment dail: --overlaps must be fractions in [0, 1], got {args.overlaps}")
+    common = [f"train.steps={args.steps}", f"data.batch_size={args.batch_size}", "train.progress=false",
+              "train.tensorboard=false", f"train.checkpoint_every={max(1, args.steps)}"]
+    placeholders = {o: (Path("A"), Path("B")) for o in args.overlaps}  # paths are not opened by the check
+    check_grid(RECIPE, variants(placeholders, args.steps, args.crossing_dropout, args.grl_weight), args.seeds,
+               [*common, *args.set])  # a bad budget or --set fails before the data is made
     folders, bins = prepare(args.data, args.identities, args.images_per_identity, args.pairs, args.overlaps)
-    common = [f"data.val_pairs={bins}", f"train.steps={args.steps}", f"data.batch_size={args.batch_size}",
-              "train.progress=false", "train.tensorboard=false", f"train.checkpoint_every={args.steps}"]
+    common = [f"data.val_pairs={bins}", *common]
     grid = variants(folders, args.steps, args.crossing_dropout, args.grl_weight)
     if args.only:
         unknown = sorted(set(args.only) - set(grid))

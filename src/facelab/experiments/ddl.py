@@ -23,6 +23,7 @@ from pathlib import Path
 
 from facelab.demo import RECIPE
 from facelab.experiments.common import (
+    check_grid,
     format_cell,
     markdown_table,
     mean_spread,
@@ -89,13 +90,14 @@ def similarity_means(runs: list[Path]) -> dict[str, str]:
 
 def _run(args: argparse.Namespace, quick: bool) -> int:
     start = time.perf_counter()
-    aligned, pair_files = prepare_synth(args.data, args.identities, args.images_per_identity, args.pairs)
-    common = [f"data.train={aligned}", f"data.val_pairs={pair_files}", f"train.steps={args.steps}",
-              f"data.batch_size={args.batch_size}", "train.checkpoint_every=100000", "train.progress=false",
-              "train.tensorboard=false", f"schedule.warmup_steps={max(1, args.steps // 12)}",
+    budget = [f"train.steps={args.steps}", f"data.batch_size={args.batch_size}", "train.checkpoint_every=100000",
+              "train.progress=false", "train.tensorboard=false", f"schedule.warmup_steps={max(1, args.steps // 12)}",
               f"train.threads={args.threads}", f"distill.identities_per_batch={max(1, args.batch_size // 8)}",
               f"distill.attributes={args.data / 'attributes.csv'}", *(QUICK_DISTILL if quick else [])]
     variants = {name: VARIANTS[name] for name in args.variants}
+    check_grid(RECIPE, variants, args.seeds, budget)  # a bad budget fails before the data is made
+    aligned, pair_files = prepare_synth(args.data, args.identities, args.images_per_identity, args.pairs)
+    common = [f"data.train={aligned}", f"data.val_pairs={pair_files}", *budget]
     results = run_grid(RECIPE, variants, args.seeds, args.out, common=common)
     summary = summarise(results)
     extra = {}

@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 
 from facelab.errors import FacelabError
-from facelab.experiments.common import markdown_table, prepare_synth, run_grid, summarise, write_report
+from facelab.experiments.common import (
+    check_grid,
+    markdown_table,
+    prepare_synth,
+    run_grid,
+    summarise,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 RECIPES = Path(__file__).resolve().parent.parent / "configs" / "heads"
@@ -64,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, quick: bool) -> int:
     start = time.perf_counter()
     plan = recipes(args.only)  # before making data: no recipes (or an unknown name) fails at once
+    budget = [f"train.steps={args.steps}", f"data.batch_size={args.batch_size}", "train.checkpoint_every=100000",
+              "train.progress=false", "train.tensorboard=false", f"schedule.warmup_steps={max(1, args.steps // 12)}"]
+    for name, path in plan.items():  # a bad budget fails before the data is made
+        check_grid(path, {name: []}, args.seeds, budget)
     aligned, pair_files = prepare_synth(args.data, args.identities, args.images_per_identity, args.pairs)
-    common = [f"data.train={aligned}", f"data.val_pairs={pair_files}", f"train.steps={args.steps}",
-              f"data.batch_size={args.batch_size}", "train.checkpoint_every=100000", "train.progress=false",
-              "train.tensorboard=false", f"schedule.warmup_steps={max(1, args.steps // 12)}"]
+    common = [f"data.train={aligned}", f"data.val_pairs={pair_files}", *budget]
     results = {}
     for name, path in plan.items():
         t0 = time.perf_counter()

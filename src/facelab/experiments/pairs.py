@@ -14,7 +14,14 @@ import tempfile
 from pathlib import Path
 
 from facelab.demo import RECIPE
-from facelab.experiments.common import markdown_table, prepare_synth, run_grid, summarise, write_report
+from facelab.experiments.common import (
+    check_grid,
+    markdown_table,
+    prepare_synth,
+    run_grid,
+    summarise,
+    write_report,
+)
 
 PAIR_VARIANTS = {  # name: overrides on the demo recipe
     "contrastive": ["pairs.loss=contrastive"],
@@ -59,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     budget = [f"train.steps={plan['steps']}", f"data.batch_size={plan['batch']}", "train.progress=false",
               "train.tensorboard=false", "train.checkpoint_every=100000",
               f"schedule.warmup_steps={plan['steps'] // 10}"]
+    for identities, _ in plan["sets"].values():  # a bad seed fails before any data is made
+        check_grid(RECIPE, variants(identities, plan["k"]), args.seeds, budget)
     summary, extra = {}, {}
     for set_name, (identities, per_id) in plan["sets"].items():
         aligned, pair_files = prepare_synth(args.data / set_name, identities, per_id, plan["pairs"])

@@ -30,7 +30,6 @@ from torch import nn
 from facelab.config import Config, PairsConfig, check_choice
 from facelab.errors import FacelabError
 
-OBJECTIVES = ("head", "pairs", "head+pairs")
 DISTANCES: dict[str, Callable[[], distances.BaseDistance]] = {
     "l2": lambda: distances.LpDistance(p=2, power=1, normalize_embeddings=True),
     "l2_raw": lambda: distances.LpDistance(p=2, power=1, normalize_embeddings=False),
@@ -147,9 +146,6 @@ def build_pair_objective(cfg: PairsConfig, siamese: bool = False) -> PairObjecti
 
 def build_objectives(cfg: Config) -> dict[str, nn.Module]:
     """The objectives FaceTask registers for `cfg.objective` ({} for a head alone)."""
-    check_choice(cfg.objective, OBJECTIVES, "objective")
     if cfg.objective == "head":
         return {}
-    if cfg.objective == "pairs" and cfg.data.adaptive_sampling.enabled:
-        raise FacelabError("config data.adaptive_sampling: needs a classifier head (objective is 'pairs')")
     return {"pairs": build_pair_objective(cfg.pairs, siamese=cfg.data.sampler == "siamese")}

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from facelab.io import write_atomic
+from facelab.jsonfile import strict_json
 
 LOG_NAME = "log.jsonl"
 
@@ -27,7 +28,7 @@ class RunLogger:
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.write(strict_json({"step": step, **values}, indent=None) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in values.items():

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from facelab.config import OptimConfig, ScheduleConfig, check_choice
+from facelab.config import OptimConfig, ScheduleConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -18,7 +18,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    check_choice(cfg.name, ("sgd", "adamw"), "optim.name")
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -28,7 +27,6 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
 def lr_factor(step: int, total: int, cfg: ScheduleConfig, base_lr: float) -> float:
     """Multiplier of the base rate at `step` (0-based): linear warm-up, then constant / poly / cosine
     decay from the base rate to `min_lr` at `total`."""
-    check_choice(cfg.name, ("constant", "poly", "cosine"), "schedule.name")
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.name == "constant":

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from facelab.backbones import build_backbone
+from facelab.backbones import build_backbone, check_backbone
 from facelab.backbones.groupface import GroupFace
 from facelab.config import Config, config_from_dict
 from facelab.data.transforms import check_preprocess, to_input
@@ -43,9 +43,7 @@ class FaceTask(nn.Module):
                                "mean; not implemented for more than one process")
         if shard[1] > 1 and cfg.train.amp == "fp16":  # each rank's scaler would skip steps on its own shard's inf
             raise FacelabError("config train.amp: 'fp16' is not implemented for more than one process; use bf16")
-        reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
-        if reserved:
-            raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
+        check_names(cfg)
         objectives = build_objectives(cfg)  # objective: pairs -> no classifier head (an empty NoHead)
         self.head = NoHead() if cfg.objective == "pairs" else build_head(
             cfg.head.margin,
@@ -94,6 +92,25 @@ class FaceTask(nn.Module):
             return sharded_correct(logits, self.head.batch_labels, self.head.classifier.start, columns)
         pred = logits.argmax(dim=1)  # [B]
         return (pred + self.head.classifier.start if columns is None else columns[pred]) == labels
+
+
+def check_names(cfg: Config) -> None:
+    """Every registry name and keyword argument of `cfg` (backbone, margin, pair loss, miner, ...), checked
+    by building the cheap parts (a 4-class head, the objectives): a typo fails before the data is read."""
+    try:
+        check_backbone(cfg.model.backbone, cfg.model.embedding_size, **cfg.model.kwargs)
+    except FacelabError as e:
+        raise FacelabError(f"config model: {e}") from None
+    build_objectives(cfg)
+    reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
+    if reserved:
+        raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
+    if cfg.objective != "pairs":
+        try:
+            build_head(cfg.head.margin, cfg.model.embedding_size, 4, sub_centers=cfg.head.sub_centers,
+                       **cfg.head.kwargs)  # 4 classes: enough for every margin's own checks (AdaCos: 3)
+        except FacelabError as e:
+            raise FacelabError(f"config head: {e}") from None
 
 
 def _add_terms(losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], owner: str) -> None:

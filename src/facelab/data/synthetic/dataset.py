@@ -35,7 +35,8 @@ from facelab.data.synthetic.noise import NOISE_CSV, add_label_noise, check_label
 from facelab.data.synthetic.nuisance import FRAME, nuisance_row, sample_nuisance
 from facelab.data.synthetic.photo import render
 from facelab.errors import FacelabError
-from facelab.io import write_atomic
+from facelab.io import die_with_parent, fork_safe_cv2, write_atomic
+from facelab.jsonfile import strict_json
 
 log = logging.getLogger(__name__)
 VERSION = 2  # bump when the generator's output changes: a complete output of another version is regenerated
@@ -60,7 +61,13 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 
 
 def init_worker() -> None:
-    """Pool initializer: one thread per worker process for every library that has a pool."""
+    """Pool initializer: one thread per worker process for every library that has a pool; the
+    worker ends with its parent, however the parent ends."""
+    die_with_parent()
+    _one_thread()
+
+
+def _one_thread() -> None:
     cv2.setNumThreads(1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
@@ -71,12 +78,13 @@ def init_worker() -> None:
 def parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
     """Ordered map over `jobs`, in this process (workers == 1) or in a pool of one-thread worker processes."""
     if workers <= 1 or len(jobs) <= 1:
-        init_worker()
+        _one_thread()
         return map(fn, jobs)
     # fork where the platform has it (no __main__ guard needed in user scripts; workers never touch torch)
     ctx = get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init_worker)
-    return _drain(pool, pool.map(fn, jobs))
+    with fork_safe_cv2():  # the workers are forked by the submits in map
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init_worker)
+        return _drain(pool, pool.map(fn, jobs))
 
 
 def _drain(pool: ProcessPoolExecutor, results: Iterable) -> Iterable:
@@ -211,7 +219,7 @@ def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, p
                               for name, (left, right, first) in PAIR_SETS.items()} if pairs else {},
                 "seconds": {"images": round(t_images, 2), "total": round(time.perf_counter() - start, 2)},
                 "workers": nw}
-    write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(strict_json(manifest, indent=1)))
     (out / PARTIAL).unlink(missing_ok=True)
     log.info("synth: %d photos of %d identities in %.1f s", len(lms), identities, time.perf_counter() - start)
     return {**manifest, "reused": False}

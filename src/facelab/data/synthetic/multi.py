@@ -41,6 +41,7 @@ from facelab.data.synthetic.nuisance import FRAME, Nuisance, nuisance_row, sampl
 from facelab.data.synthetic.photo import render
 from facelab.errors import FacelabError
 from facelab.io import write_atomic
+from facelab.jsonfile import strict_json
 
 log = logging.getLogger(__name__)
 MANIFEST = "multi.json"
@@ -157,5 +158,5 @@ def run_multi_synth(out: Path, datasets: int, identities: int, images_per_identi
     manifest = {"format": "facelab-synthetic-multi", "params": params, "names": names,
                 "domains": {n: DOMAINS[d % len(DOMAINS)] for d, n in enumerate(names)},
                 "counts": {"images": counts, "shared_identities": len(truth), "pairs": pair_counts}}
-    write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    write_atomic(manifest_path, lambda tmp: tmp.write_text(strict_json(manifest, indent=1)))
     return manifest

@@ -18,7 +18,7 @@ from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
 from facelab.eval.embed import eval_mode, forward_batches
 from facelab.eval.ijb.meta import IJBMeta
-from facelab.io import read_image
+from facelab.io import die_with_parent, read_image
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def _load_aligned(job: tuple[str, np.ndarray, str, int]) -> np.ndarray:
 def _init_worker() -> None:
     import cv2
 
+    die_with_parent()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 

@@ -24,7 +24,7 @@ from facelab.eval.ijb.templates import (
 )
 from facelab.eval.metadata import check_all, describe_ijb
 from facelab.eval.plots import score_histogram
-from facelab.io import write_atomic
+from facelab.io import check_output_folder, write_atomic
 
 CMC_RANKS = 20  # the report's CMC curve: ranks 1..20
 
@@ -140,7 +140,11 @@ def evaluate_ijb(
     out: write metrics.json, roc.png, scores.png, cmc.png (with 1:N), table.md and index.html there.
     The crops are first checked against `preprocess` (facelab.eval.metadata.describe_ijb): a mismatch is
     refused unless its field is in allow_mismatch (or "all"); the record is result["data_checks"].
+    `out` and the folder of `features` are proven writable before anything is read or embedded.
     """
+    for folder in (out, None if features is None else Path(features).parent):
+        if folder is not None:
+            check_output_folder(Path(folder))
     meta = read_ijb_meta(root, dataset)
     for m in modes:
         parse_mode(m)

@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 
 from facelab.eval import identification
 from facelab.eval.pages import write_ijb_page
-from facelab.eval.report import write_json_atomic
 from facelab.io import write_atomic
+from facelab.jsonfile import write_json_atomic
 
 
 def format_ijb_table(result: dict) -> str:
