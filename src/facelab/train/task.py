@@ -107,8 +107,9 @@ def check_names(cfg: Config) -> None:
         raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
     if cfg.objective != "pairs":
         try:
-            build_head(cfg.head.margin, cfg.model.embedding_size, 4, sub_centers=cfg.head.sub_centers,
-                       **cfg.head.kwargs)  # 4 classes: enough for every margin's own checks (AdaCos: 3)
+            with torch.random.fork_rng(devices=[]):  # the probe's init must not move the run's draws
+                build_head(cfg.head.margin, cfg.model.embedding_size, 4, sub_centers=cfg.head.sub_centers,
+                           **cfg.head.kwargs)  # 4 classes: enough for every margin's own checks (AdaCos: 3)
         except FacelabError as e:
             raise FacelabError(f"config head: {e}") from None
 
