@@ -60,6 +60,20 @@ def check_writable(folder: Path, what: str = "output folder") -> Path:
     return folder
 
 
+def check_output_folder(folder: Path, what: str = "output folder") -> Path:
+    """Prove that files can be written in `folder` before a command's work starts
+    (check_writable: FacelabError naming it otherwise). Folders made only for the probe are
+    removed again: a command refused later (bad data, a failed check) leaves no empty folder
+    behind; its writers make the folders when they write."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    check_writable(folder, what)
+    for p in made:
+        with suppress(OSError):  # someone else put something there meanwhile: keep it
+            p.rmdir()
+    return folder
+
+
 def write_skipped(path: Path, key: str, rows: list[tuple[object, str]]) -> None:
     """`skipped.csv`: a `<key>,reason` header and one row per skipped item, commas in reasons turned into ';'
     (atomic, like every file facelab writes). Shared by `facelab align` (key image) and `convert` (offset)."""
@@ -157,8 +171,6 @@ def process_start(pid: int) -> str | None:
 def pid_alive(pid: int, started: str | None = None) -> bool:
     """Whether process `pid` of this host runs, and (given `started`, from process_start) is still the
     same process, not a later one that got its pid."""
-    if pid == os.getpid():
-        return started is None or process_start(pid) in (None, started)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -205,22 +217,33 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     """
     if len(data) == 0:
         raise FacelabError(f"{where}: empty file (0 bytes), not an image")
-    try:
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        arr = None
-    if arr is None:
+    rgb = opencv_rgb(data)
+    if rgb is None:
         raise FacelabError(f"{where}: cannot decode image bytes")
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    return rgb
+
+
+def opencv_rgb(data: bytes) -> np.ndarray | None:
+    """OpenCV's decode of encoded bytes as RGB uint8 [H, W, 3], or None where it cannot decode them
+    (the loader's pixels; facelab.data.check uses them after its strict checks)."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """An image file's bytes as stored; FacelabError naming it if it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise FacelabError(f"{path}: cannot read image ({e.strerror})") from None
 
 
 def read_image(path: Path) -> np.ndarray:
     """Image file -> RGB uint8 [H, W, 3]."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise FacelabError(f"{path}: cannot read image ({e.strerror})") from None
-    return decode_image(data, str(path))
+    return decode_image(read_image_bytes(path), str(path))
 
 
 def encode_image(image: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
@@ -231,16 +254,3 @@ def encode_image(image: np.ndarray, ext: str = ".jpg", quality: int = 95) -> byt
         raise FacelabError(f"cannot encode image of shape {image.shape} as {ext}")
     return buf.tobytes()
 
-
-def check_output_folder(folder: Path, what: str = "output folder") -> Path:
-    """Prove that files can be written in `folder` before a command's work starts
-    (facelab.io.check_writable: FacelabError naming it otherwise). Folders made only for the probe
-    are removed again: a command refused later (bad data, a failed check) leaves no empty folder
-    behind; its writers make the folders when they write."""
-    folder = Path(folder)
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    check_writable(folder, what)
-    for p in made:
-        with suppress(OSError):  # someone else put something there meanwhile: keep it
-            p.rmdir()
-    return folder

@@ -23,6 +23,7 @@ from facelab.io import (
     die_with_parent,
     encode_image,
     fork_safe_cv2,
+    read_image_bytes,
     remove_stale_temps,
     write_atomic,
     write_skipped,
@@ -73,11 +74,7 @@ def _align_one(args: tuple[Path, Path, np.ndarray, int]) -> str | None:
 
 
 def _read_photo(path: Path) -> np.ndarray:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise FacelabError(f"{path}: cannot read image ({e.strerror})") from None
-    return decode_strict(data, str(path))
+    return decode_strict(read_image_bytes(path), str(path))
 
 
 def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112, workers: int | None = None) -> dict:

@@ -36,7 +36,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from facelab.errors import FacelabError
-from facelab.io import die_with_parent, fork_safe_cv2
+from facelab.io import die_with_parent, fork_safe_cv2, opencv_rgb
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,10 @@ def _decode_other(data: bytes) -> np.ndarray:
 
 
 def _opencv(data: bytes, kind: str) -> np.ndarray:
-    try:
-        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        bgr = None
-    if bgr is None:
+    rgb = opencv_rgb(data)
+    if rgb is None:
         raise _Bad(f"cannot decode {kind} data (not an image, truncated or damaged)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def _kind(data: bytes) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from facelab.errors import FacelabError
-from facelab.io import IMAGE_SUFFIXES, read_image
+from facelab.io import IMAGE_SUFFIXES, read_image, read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,7 @@ class ImageFolderDataset(Dataset):
     def encoded(self, index: int) -> bytes:
         """The image file's bytes as stored (for the image check); FacelabError naming it if
         unreadable."""
-        path = self.samples[index][0]
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise FacelabError(f"{path}: cannot read image ({e.strerror})") from None
+        return read_image_bytes(self.samples[index][0])
 
     def image_name(self, index: int) -> str:
         return str(self.samples[index][0])
