@@ -3,7 +3,7 @@
 B=256 embeddings (a leaf tensor requiring grad) of d=512 against C=100,000 classes (Sub-center ArcFace:
 K=3, i.e. 300k centres), 2 threads. Heads are timed round-robin (2 warm-up rounds, then 5 timed rounds)
 so that machine noise hits all of them alike; the figure is the median. Also times AdaptiveFace's Hard
-Prototype Mining (classifier.hard_prototypes = k on adam_softmax), reported separately. Target: at most
+Prototype Mining (adam_softmax built with hard_prototypes=k), reported separately. Target: at most
 1.5x normface for every head (HPM exempt); a miss prints FAIL but does not fail the run.
 
 Sub-center ArcFace against a fair baseline: with K=3 its classifier GEMM (and the normalisation of the
@@ -34,8 +34,7 @@ NORMFACE_K = "normface(K=3)"  # the fair baseline of subcenter_arcface: same cla
 def make_heads(dim: int, classes: int, hpm_k: int) -> dict[str, FaceHead]:
     """Every MARGINS head plus `HPM`; heads with one centre per class share one weight (saves memory)."""
     heads = {name: build_head(name, dim, classes) for name in MARGINS}
-    heads[HPM] = build_head("adam_softmax", dim, classes)
-    heads[HPM].classifier.hard_prototypes = hpm_k
+    heads[HPM] = build_head("adam_softmax", dim, classes, classifier_kwargs={"hard_prototypes": hpm_k})
     heads[NORMFACE_K] = build_head("normface", dim, classes, sub_centers=heads["subcenter_arcface"].margin.sub_centers)
     for owner in ("normface", "subcenter_arcface"):
         shared = heads[owner].classifier.weight

@@ -1,9 +1,9 @@
 """IJB per-image features: decode+align rate (0, 1, 2 workers) and the whole extraction against the model alone.
 
-Data: an IJB-format folder written by facelab.eval.ijb_fixture.write_ijb_fixture (`--images` aligned 112×112
-crops: a smooth random pattern per subject plus pixel noise, `--per-subject` images each, pasted into
-`--loose-size`² "loose crops" by a random similarity and saved as JPEG q95, with their 5 landmarks in
-`*_name_5pts_score.txt`), read back with read_ijb_meta. Measured in one run, images/s each:
+Data: an IJB-format folder written by tests.references.ijb_fixture.write_ijb_fixture (`--images`
+aligned 112×112 crops: a smooth random pattern per subject plus pixel noise, `--per-subject` images
+each, pasted into `--loose-size`² "loose crops" by a random similarity and saved as JPEG q95, with their
+5 landmarks in `*_name_5pts_score.txt`), read back with read_ijb_meta. Measured in one run, images/s each:
   decode+align: facelab.eval.ijb.features._aligned_windows (read_image + align_face in `workers` spawned
     processes, 0 = in this process; `--window` crops at a time, the next window loading meanwhile) over the
     job list extract_features builds, consumed with nothing else to do. The rate is over the windows after
@@ -37,14 +37,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tests.references.ijb_fixture import write_ijb_fixture
 
 from bench.bench_throughput import device_defaults, sync
 from facelab.backbones import build_backbone
 from facelab.data.transforms import check_preprocess
 from facelab.eval.embed import eval_mode, forward_batches
-from facelab.eval.ijb import extract_features, read_ijb_meta
-from facelab.eval.ijb.features import _aligned_windows
-from facelab.eval.ijb_fixture import write_ijb_fixture
+from facelab.eval.protocols.ijb import extract_features, read_ijb_meta
+from facelab.eval.protocols.ijb.features import _aligned_windows
 
 CPU_DEFAULTS = {"model": "tiny", "batch_size": 64, "images": 384, "window": 64}
 GPU_DEFAULTS = {"model": "iresnet50", "batch_size": 256, "images": 2048, "window": 512}

@@ -66,8 +66,8 @@ def make_step(model: str, variant: str, device: torch.device, classes: int) -> t
     task = FaceTask(cfg, classes, dict(PREPROCESS_DEFAULT)).to(device)
     if channels_last:
         task = task.to(memory_format=torch.channels_last)
-    if compiled:
-        task.backbone = torch.compile(task.backbone)
+    if compiled:  # the training forward runs the compiled backbone (same weights)
+        task.wrap_backbone(torch.compile)
     optimizer = build_optimizer(cfg.optim, task)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -75,7 +75,7 @@ def make_step(model: str, variant: str, device: torch.device, classes: int) -> t
         images = images.contiguous(memory_format=fmt)
         ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
         with ctx:
-            loss = task(images, labels)["loss"]
+            loss = task(images, labels).losses["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

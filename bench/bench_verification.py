@@ -8,8 +8,9 @@ distributions overlap like a weak model's. Both must give identical results; pri
 import time
 
 import numpy as np
+from tests.references.verification import verify_pairs_reference
 
-from facelab.eval.verification import verify_pairs, verify_pairs_reference
+from facelab.eval.protocols.verification import verify_pairs
 
 KEYS = ("accuracy", "accuracy_std", "fold_accuracies", "thresholds", "val", "val_std", "far", "tpr", "fpr")
 

@@ -16,8 +16,7 @@ from facelab.config import config_from_dict, config_to_dict
 from facelab.errors import FacelabError
 from facelab.eval.embed import embed_images
 from facelab.io import read_image
-from facelab.train.checkpoint import save_checkpoint
-from facelab.train.task import build_model
+from facelab.model import build_model, save_checkpoint
 
 
 def brute_force(weight, k, emb, labels, max_angle):
@@ -164,14 +163,13 @@ def test_a_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
 
 def test_unwritable_output_fails_before_loading_the_run(tmp_path, monkeypatch, capsys):
     import facelab.clean as clean
-    import facelab.train.checkpoint
 
     data, _, _ = make_run(tmp_path)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started before the output folder was checked")
 
-    monkeypatch.setattr(facelab.train.checkpoint, "load_checkpoint", must_not_run)
+    monkeypatch.setattr(clean, "load_checkpoint", must_not_run)
     monkeypatch.setattr(clean, "embed_folder", must_not_run)
     (tmp_path / "afile").write_text("a regular file")
     out = tmp_path / "afile" / "clean"

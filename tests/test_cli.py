@@ -107,6 +107,16 @@ def test_console_entry_point_runs():
         assert cmd in out.stdout
 
 
+def test_parser_imports_no_training_code():
+    """Building the parser (`facelab --help`) lists the experiments from their registry: neither
+    their modules, nor the training loop, torch or pytorch-metric-learning are imported."""
+    code = ("import sys; from facelab.cli import build_parser; build_parser(); "
+            "print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+            "('facelab', 'torch', 'pytorch_metric_learning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert set(out.stdout.split()) == {"facelab", "facelab.cli", "facelab.errors", "facelab.experiments"}
+
+
 def test_convert_then_train_on_recordio(tmp_path, capsys):
     cfg = _recipe(tmp_path)
     assert main(["convert", str(tmp_path / "train"), str(tmp_path / "rec"), "--to", "rec"]) == 0
@@ -132,7 +142,7 @@ def test_heads_with_classifier_needs_train_from_a_config(tmp_path, capsys):
 
 
 def test_ijb_command_on_fixture(tmp_path, capsys):
-    from facelab.eval.ijb_fixture import write_ijb_fixture
+    from tests.references.ijb_fixture import write_ijb_fixture
 
     cfg = _recipe(tmp_path)
     assert main(["train", str(cfg)]) == 0

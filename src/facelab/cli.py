@@ -8,25 +8,30 @@ import typing
 from pathlib import Path
 
 from facelab.errors import FacelabError
+from facelab.experiments import EXPERIMENTS, load_experiment
 
 log = logging.getLogger("facelab")
 _MODEL_HELP = "a checkpoint file, a run folder or an exported .onnx model (facelab export)"
+
+# Each handler imports its module when it runs: building the parser (and `facelab --help`) imports
+# none of the data, training or evaluation code.
 
 
 def _cmd_synth(a: argparse.Namespace) -> int:
     from facelab.data.synthetic import run_synth
 
-    if a.datasets > 1:  # DAIL test bed: several datasets from one identity pool (facelab.data.synthetic.multi)
+    # DAIL test bed: several datasets from one identity pool (facelab.data.synthetic.multi)
+    if a.datasets > 1:
         if a.label_noise:
             raise FacelabError("synth: --label-noise is not implemented together with --datasets")
         from facelab.data.synthetic.multi import run_multi_synth
 
-        summary = run_multi_synth(a.out, a.datasets, a.identities, a.images_per_identity, a.overlap, a.seed,
-                                  pairs=a.pairs, workers=a.workers)
+        summary = run_multi_synth(a.out, a.datasets, a.identities, a.images_per_identity,
+                                  a.overlap, a.seed, pairs=a.pairs, workers=a.workers)
         log.info("synthetic datasets in %s: %s", a.out, summary)
         return 0
-    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs, workers=a.workers,
-                        label_noise=a.label_noise)
+    summary = run_synth(a.out, a.identities, a.images_per_identity, a.seed, pairs=a.pairs,
+                        workers=a.workers, label_noise=a.label_noise)
     log.info("synthetic data in %s: %s", a.out, summary)
     return 0
 
@@ -43,7 +48,8 @@ def _cmd_align(a: argparse.Namespace) -> int:
         found = landmarks_for_folder(a.src, a.landmarks, workers=a.workers)
         log.info("%s: faces found in %d of %d images", a.detector, found["faces"], found["images"])
     summary = align_folder(a.src, a.out, a.landmarks, size=a.size, workers=a.workers)
-    log.info("aligned %d images into %s, skipped %d (see skipped.csv)", summary["aligned"], a.out, summary["skipped"])
+    log.info("aligned %d images into %s, skipped %d (see skipped.csv)", summary["aligned"], a.out,
+             summary["skipped"])
     return 0
 
 
@@ -69,7 +75,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from facelab.eval.metadata import describe_pair_sets
+    from facelab.eval.checks.metadata import describe_pair_sets
     from facelab.eval.run import evaluate_checkpoint, load_pair_sets, output_folder
 
     if not a.pairs and not a.lfw:
@@ -86,45 +92,48 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_ijb(a: argparse.Namespace) -> int:
-    from facelab.eval.ijb import evaluate_ijb, format_ijb_table
+    from facelab.eval.protocols.ijb import evaluate_ijb
+    from facelab.eval.reports.tables import format_ijb_table
     from facelab.eval.run import output_folder
-    from facelab.train.checkpoint import resolve_checkpoint
-    from facelab.train.task import load_model
+    from facelab.model import load_model, resolve_checkpoint
 
     path = resolve_checkpoint(a.checkpoint)
     out = output_folder(path, a.out, "ijb")  # writable, before the model is loaded
     model, preprocess = load_model(path)
     result = evaluate_ijb(
         model, a.root, out=out, dataset=a.dataset, modes=a.modes, batch_size=a.batch_size,
-        preprocess=preprocess, workers=a.workers, features=out / "features.npz", allow_mismatch=a.allow_mismatch,
+        preprocess=preprocess, workers=a.workers, features=out / "features.npz",
+        allow_mismatch=a.allow_mismatch,
     )
     print(format_ijb_table(result))
     return 0
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
-    from facelab.eval.identification import format_table
-    from facelab.eval.search import search_folders
-    from facelab.train.checkpoint import resolve_checkpoint
+    from facelab.eval.reports.tables import format_identification_table as format_table
+    from facelab.eval.run import search_folders
+    from facelab.model import resolve_checkpoint
 
     out = a.out or resolve_checkpoint(a.checkpoint).parent / "search"
-    metrics = search_folders(a.checkpoint, a.gallery, a.probes, out, a.index, a.k, allow_mismatch=a.allow_mismatch)
+    metrics = search_folders(a.checkpoint, a.gallery, a.probes, out, a.index, a.k,
+                             allow_mismatch=a.allow_mismatch)
     print(format_table({"search": metrics}))
     return 0
 
 
 def _cmd_overlap(a: argparse.Namespace) -> int:
-    from facelab.eval.overlap import find_overlap
+    from facelab.eval.run import find_overlap
 
-    s = find_overlap(a.model, a.dataset_a, a.dataset_b, a.out, truth=a.truth, threshold=a.threshold, merge=a.merge,
-                     centre=a.centre, truth_datasets=a.truth_datasets)
+    s = find_overlap(a.model, a.dataset_a, a.dataset_b, a.out, truth=a.truth,
+                     threshold=a.threshold, merge=a.merge, centre=a.centre,
+                     truth_datasets=a.truth_datasets)
     print(f"{s['called']} classes of B called shared with A at cosine >= {s['threshold']}")
     for key in ("at_threshold", "best_f1"):
         if key in s:
             r = s[key]
             shown = "none" if r["threshold"] is None else f"{r['threshold']:.6f}"
-            print(f"{key}: threshold {shown} precision {r['precision']:.3f} recall {r['recall']:.3f} "
-                  f"F1 {r['f1']:.3f}")
+            print(f"{key}: threshold {shown} precision {r['precision']:.3f} recall "
+                  f"{r['recall']:.3f} F1 {r['f1']:.3f}")
     print(f"ranked candidates in {a.out}/candidates.csv")
     return 0
 
@@ -132,7 +141,8 @@ def _cmd_overlap(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     from facelab.export import export_onnx
 
-    export_onnx(a.run, a.out, opset=a.opset)  # logs the file, its size and the torch vs onnxruntime difference
+    # logs the file, its size and the torch vs onnxruntime difference
+    export_onnx(a.run, a.out, opset=a.opset)
     return 0
 
 
@@ -141,21 +151,24 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
     summary = run_demo(Path(a.out), Path(a.data), quick=a.quick)
     _print_results(summary["pairs"])
-    print(f"wall time {summary['wall_seconds']:.0f} s; results in {a.out}/metrics.json and {a.out}/roc.png")
+    print(f"wall time {summary['wall_seconds']:.0f} s; results in {a.out}/metrics.json and "
+          f"{a.out}/roc.png")
     return 0
 
 
 def _cmd_clean(a: argparse.Namespace) -> int:
     from facelab.clean import clean_folder
 
-    report = clean_folder(a.run, a.data, a.out, angle=a.angle, truth=a.truth, batch_size=a.batch_size)
+    report = clean_folder(a.run, a.data, a.out, angle=a.angle, truth=a.truth,
+                          batch_size=a.batch_size)
     counts = report["counts"]
     print(f"kept {counts['kept']} of {counts['images']} images, dropped {counts['dropped']} "
           f"(angle > {a.angle:g} deg to the dominant sub-centre); report in {a.out}/clean.json")
     if report["truth"]:
         t = report["truth"]
         print(f"against {t['file']}: {t['dropped_noisy']} of {t['dropped']} dropped were noisy, "
-              f"{t['dropped_noisy']} of {t['noisy']} noisy found (precision {t['precision']}, recall {t['recall']})")
+              f"{t['dropped_noisy']} of {t['noisy']} noisy found (precision {t['precision']}, "
+              f"recall {t['recall']})")
     return 0
 
 
@@ -163,34 +176,38 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
     return a.experiment_module.run(a) or 0
 
 
-def _train_config(config: str | None, overrides: list[str], resume: str | bool) -> tuple[object, bool]:
-    """(Config, resume) of `facelab train`: CONFIG [overrides] [--resume], or --resume RUN_DIR [overrides]
-    (the run's own config.yaml). argparse hands a `key=value` after --resume or a bare CONFIG slot to
-    the wrong argument: they are put back among the overrides here."""
+def _train_config(config: str | None, overrides: list[str],
+                  resume: str | bool) -> tuple[object, bool]:
+    """(Config, resume) of `facelab train`: CONFIG [overrides] [--resume], or --resume RUN_DIR
+    [overrides] (the run's own config.yaml). argparse hands a `key=value` after --resume or a bare
+    CONFIG slot to the wrong argument: they are put back among the overrides here."""
     from facelab.config import load_config
 
-    if isinstance(resume, str) and "=" in resume:  # `--resume key=value`: the flag, then an override
+    # `--resume key=value`: the flag, then an override
+    if isinstance(resume, str) and "=" in resume:
         overrides, resume = [resume, *overrides], True
     if not isinstance(resume, str):
         if config is None:
-            raise FacelabError("train: give a recipe (a YAML file or a shipped name such as demo), or "
-                               "--resume RUN_DIR")
+            raise FacelabError("train: give a recipe (a YAML file or a shipped name such as demo), "
+                               "or --resume RUN_DIR")
         return load_config(_recipe(config), overrides), bool(resume)
     if config is not None:
         if "=" not in config:
-            raise FacelabError(f"train: give a recipe ({config}) or --resume RUN_DIR ({resume}), not both")
+            raise FacelabError(f"train: give a recipe ({config}) or --resume RUN_DIR ({resume}), "
+                               "not both")
         overrides = [config, *overrides]
     run = Path(resume)
     if not (run / "config.yaml").is_file():
-        raise FacelabError(f"{run}: not a run folder (no config.yaml); --resume RUN_DIR takes the folder a "
-                           "facelab train wrote")
+        raise FacelabError(f"{run}: not a run folder (no config.yaml); --resume RUN_DIR takes the "
+                           "folder a facelab train wrote")
     cfg = load_config(run / "config.yaml", overrides)
     cfg.output = str(run)  # the folder as it is named now (it may have been moved)
     return cfg, True
 
 
 def _recipe(name: str) -> Path:
-    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`, `heads/arcface`)."""
+    """A YAML path, or the name of a recipe shipped in facelab/configs (e.g. `demo`,
+    `heads/arcface`)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
@@ -201,7 +218,7 @@ def _recipe(name: str) -> Path:
 
 
 def _print_results(results: dict) -> None:
-    from facelab.eval.report import format_table
+    from facelab.eval.reports.tables import format_table
 
     if results:
         print(format_table(results))
@@ -215,35 +232,63 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _ExperimentParser(_Parser):
+    """The sub-parser of one experiment. Its module (and the training code it imports) is loaded,
+    and its arguments added, when this parser first parses, so that building the parser stays
+    light."""
+
+    def __init__(self, *args: typing.Any, experiment: str, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._experiment = experiment
+        self._loaded = False
+
+    def parse_known_args(self, args: typing.Any = None,
+                         namespace: typing.Any = None) -> typing.Any:
+        if not self._loaded:
+            self._loaded = True
+            module = load_experiment(self._experiment)
+            module.add_arguments(self)
+            self.set_defaults(func=_cmd_experiment, experiment_module=module)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="facelab", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="generate synthetic identities, photos, landmarks and pair sets")
+    s = sub.add_parser("synth",
+                       help="generate synthetic identities, photos, landmarks and pair sets")
     s.add_argument("out", type=Path)
     s.add_argument("--identities", type=int, default=1000)
     s.add_argument("--images-per-identity", type=int, default=20)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--pairs", type=int, default=3000, help="pairs per verification set (0: none)")
+    s.add_argument("--pairs", type=int, default=3000,
+                   help="pairs per verification set (0: none)")
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
-                   help="file this fraction of the training photos under a wrong identity (truth: label_noise.csv)")
-    s.add_argument("--datasets", type=int, default=1, help="> 1: that many datasets from one identity pool (DAIL)")
-    s.add_argument("--overlap", type=float, default=0.3, help="with --datasets: fraction of B's identities in A")
+                   help="file this fraction of the training photos under a wrong identity "
+                   "(truth: label_noise.csv)")
+    s.add_argument("--datasets", type=int, default=1,
+                   help="> 1: that many datasets from one identity pool (DAIL)")
+    s.add_argument("--overlap", type=float, default=0.3,
+                   help="with --datasets: fraction of B's identities in A")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("align", help="5-point similarity alignment of a folder of photos")
     s.add_argument("src", type=Path)
     s.add_argument("out", type=Path)
     where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--landmarks", type=Path, help="CSV: image,x1,y1,...,x5,y5 (image paths relative to SRC)")
-    where.add_argument("--detector", choices=["mtcnn"], help="detect faces and 5 landmarks (make setup-detector)")
+    where.add_argument("--landmarks", type=Path,
+                       help="CSV: image,x1,y1,...,x5,y5 (image paths relative to SRC)")
+    where.add_argument("--detector", choices=["mtcnn"],
+                       help="detect faces and 5 landmarks (make setup-detector)")
     s.add_argument("--size", type=int, default=112)
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=_cmd_align)
 
-    s = sub.add_parser("convert", help="convert between image folders, RecordIO and file lists (bytes kept)")
+    s = sub.add_parser("convert", help="convert between image folders, RecordIO and file lists "
+                       "(bytes kept)")
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
     s.add_argument("--to", default=None, help="folder | rec | list (default: from DST's name)")
@@ -253,78 +298,104 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="a YAML file or a shipped recipe name (demo)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05")
     s.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
-                   help="continue a run: RUN_DIR resumes from the folder's own config.yaml (overrides "
-                   "optional: steps, intervals, validation sets, workers, threads, progress); without "
-                   "RUN_DIR, the recipe's output folder")
+                   help="continue a run: RUN_DIR resumes from the folder's own config.yaml "
+                   "(overrides optional: steps, intervals, validation sets, workers, threads, "
+                   "progress); without RUN_DIR, the recipe's output folder")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("eval", help="pair verification of a checkpoint or exported model on .bin sets")
+    s = sub.add_parser("eval",
+                       help="pair verification of a checkpoint or exported model on .bin sets")
     s.add_argument("checkpoint", help=_MODEL_HELP)
-    s.add_argument("--pairs", nargs="+", type=Path, default=[], help=".bin pair sets (insightface format)")
-    s.add_argument("--lfw", nargs=2, type=Path, metavar=("PAIRS_TXT", "ALIGNED_DIR"), help="LFW pairs.txt protocol")
+    s.add_argument("--pairs", nargs="+", type=Path, default=[],
+                   help=".bin pair sets (insightface format)")
+    s.add_argument("--lfw", nargs=2, type=Path, metavar=("PAIRS_TXT", "ALIGNED_DIR"),
+                   help="LFW pairs.txt protocol")
     s.add_argument("--threshold-rule", choices=["insightface", "exact"], default="insightface",
-                   help="insightface: grid 0..3.99 step 0.01 (published numbers); exact: midpoints of the distances")
-    s.add_argument("--spread", choices=["std", "sem"], default="std", help="fold spread: std (ddof 0) or std error")
+                   help="insightface: grid 0..3.99 step 0.01 (published numbers); exact: "
+                   "midpoints of the distances")
+    s.add_argument("--spread", choices=["std", "sem"], default="std",
+                   help="fold spread: std (ddof 0) or std error")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval)")
     s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--no-flip", action="store_true", help="do not add the flipped image's embedding")
+    s.add_argument("--no-flip", action="store_true",
+                   help="do not add the flipped image's embedding")
     _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_eval)
 
-    s = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification and 1:N identification of a checkpoint or "
-                       "exported model")
+    s = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification and 1:N identification of a "
+                       "checkpoint or exported model")
     s.add_argument("checkpoint", help=_MODEL_HELP)
     s.add_argument("root", type=Path, help="folder holding meta/ and loose_crop/")
-    s.add_argument("--dataset", choices=["IJBB", "IJBC"], default=None, help="default: from the meta file names")
-    s.add_argument("--modes", nargs="+", default=["N0D1F1"], help="N/D/F modes, e.g. N0D1F1 N1D0F0")
+    s.add_argument("--dataset", choices=["IJBB", "IJBC"], default=None,
+                   help="default: from the meta file names")
+    s.add_argument("--modes", nargs="+", default=["N0D1F1"],
+                   help="N/D/F modes, e.g. N0D1F1 N1D0F0")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/ijb)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--workers", type=int, default=2, help="decode/align processes")
     _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_ijb)
 
-    s = sub.add_parser("search", help="1:N search of probe images against a gallery (FAISS index)")
+    s = sub.add_parser("search",
+                       help="1:N search of probe images against a gallery (FAISS index)")
     s.add_argument("checkpoint", help=_MODEL_HELP)
-    s.add_argument("--gallery", type=Path, required=True, help="aligned images, one sub-folder per identity")
-    s.add_argument("--probes", type=Path, required=True, help="aligned images, one sub-folder per identity")
+    s.add_argument("--gallery", type=Path, required=True,
+                   help="aligned images, one sub-folder per identity")
+    s.add_argument("--probes", type=Path, required=True,
+                   help="aligned images, one sub-folder per identity")
     s.add_argument("--index", choices=["exact", "ivf"], default="exact")
     s.add_argument("--k", type=int, default=10, help="candidates per probe")
-    s.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/search)")
+    s.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <run>/search)")
     _add_allow_mismatch(s)
     s.set_defaults(func=_cmd_search)
 
-    s = sub.add_parser("clean", help="drop images far from their class's dominant sub-centre (Sub-center ArcFace)")
+    s = sub.add_parser("clean", help="drop images far from their class's dominant sub-centre "
+                       "(Sub-center ArcFace)")
     s.add_argument("run", help="a Sub-center ArcFace run folder or checkpoint (K >= 2)")
-    s.add_argument("--data", type=Path, required=True, help="the aligned folder the run trained on")
-    s.add_argument("--out", type=Path, required=True, help="cleaned folder (links to kept images) + clean.json")
-    s.add_argument("--angle", type=float, default=75.0, help="drop above this angle (degrees) to the dominant")
+    s.add_argument("--data", type=Path, required=True,
+                   help="the aligned folder the run trained on")
+    s.add_argument("--out", type=Path, required=True,
+                   help="cleaned folder (links to kept images) + clean.json")
+    s.add_argument("--angle", type=float, default=75.0,
+                   help="drop above this angle (degrees) to the dominant")
     s.add_argument("--truth", type=Path, default=None,
-                   help="label_noise.csv to score the dropped set (default: DATA/../label_noise.csv if present)")
+                   help="label_noise.csv to score the dropped set (default: "
+                   "DATA/../label_noise.csv if present)")
     s.add_argument("--batch-size", type=int, default=256)
     s.set_defaults(func=_cmd_clean)
-    s = sub.add_parser("overlap", help="identities shared by two training sets (class centres), and a merge")
+    s = sub.add_parser("overlap",
+                       help="identities shared by two training sets (class centres), and a merge")
     s.add_argument("dataset_a", type=Path, help="aligned images, one sub-folder per identity")
     s.add_argument("dataset_b", type=Path, help="aligned images, one sub-folder per identity")
     s.add_argument("--model", required=True, help=f"whose model embeds the images: {_MODEL_HELP}")
-    s.add_argument("--truth", type=Path, default=None, help="CSV with a_class,b_class columns (synth overlap.csv)")
+    s.add_argument("--truth", type=Path, default=None,
+                   help="CSV with a_class,b_class columns (synth overlap.csv)")
     s.add_argument("--truth-datasets", nargs=2, metavar=("A", "B"), default=None,
                    help="the truth file's dataset names of A and B (default: found in their paths)")
-    s.add_argument("--threshold", type=float, default=0.5, help="centre cosine from which a pair is shared")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="centre cosine from which a pair is shared")
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--merge", type=Path, default=None, help="write a merged folder (shared pairs = one class)")
-    s.add_argument("--centre", action="store_true", help="subtract each dataset's mean embedding first (domain shift)")
+    s.add_argument("--merge", type=Path, default=None,
+                   help="write a merged folder (shared pairs = one class)")
+    s.add_argument("--centre", action="store_true",
+                   help="subtract each dataset's mean embedding first (domain shift)")
     s.set_defaults(func=_cmd_overlap)
 
-    s = sub.add_parser("export", help="export a run's embedding network to ONNX, checked against torch")
+    s = sub.add_parser("export",
+                       help="export a run's embedding network to ONNX, checked against torch")
     s.add_argument("run", help="a run folder or checkpoint")
     s.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    s.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default: the exporter's)")
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("demo", help="synthetic data -> alignment -> ArcFace training -> evaluation")
+    s = sub.add_parser("demo",
+                       help="synthetic data -> alignment -> ArcFace training -> evaluation")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--data", default="data/synth")
-    s.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (numbers meaningless)")
+    s.add_argument("--quick", action="store_true",
+                   help="a tiny run for smoke tests (numbers meaningless)")
     s.set_defaults(func=_cmd_demo)
     _add_experiments(sub)
     return p
@@ -332,36 +403,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_allow_mismatch(s: argparse.ArgumentParser) -> None:
     s.add_argument("--allow-mismatch", action="append", default=[], metavar="FIELD",
-                   help="evaluate although the data's FIELD (template, size, colour, mean, std, or all) differs "
-                   "from the model's preprocessing; repeat for several")
+                   help="evaluate although the data's FIELD (template, size, colour, mean, std, "
+                   "or all) differs from the model's preprocessing; repeat for several")
 
 
 def _add_experiments(sub: argparse._SubParsersAction) -> None:
-    """`facelab experiment NAME ...`: one sub-parser per entry of facelab.experiments.EXPERIMENTS."""
-    import importlib
-
-    from facelab.experiments import EXPERIMENTS
-
-    e = sub.add_parser("experiment", help="train variants with one budget and seeds, write a table to docs/")
-    names = e.add_subparsers(dest="experiment", required=True)
-    for name, module_name in EXPERIMENTS.items():
-        module = importlib.import_module(module_name)
-        s = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(s)
-        s.set_defaults(func=_cmd_experiment, experiment_module=module)
+    """`facelab experiment NAME ...`: one sub-parser per entry of
+    facelab.experiments.EXPERIMENTS, its module loaded only when that experiment is parsed."""
+    e = sub.add_parser("experiment",
+                       help="train variants with one budget and seeds, write a table to docs/")
+    names = e.add_subparsers(dest="experiment", required=True, parser_class=_ExperimentParser)
+    for name, entry in EXPERIMENTS.items():
+        names.add_parser(name, help=entry.help, experiment=name)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return args.func(args)
     except FacelabError as e:
         print(f"facelab: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the disk or the file system refused (full, read-only, permissions, gone)
+    # the disk or the file system refused (full, read-only, permissions, gone)
+    except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         print(f"facelab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2

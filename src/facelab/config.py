@@ -1,28 +1,29 @@
 """Training configuration: dataclasses, strict YAML and dotted overrides.
 
 `load_config("configs/demo.yaml", ["optim.lr=0.05"])` returns a `Config`. Every key must be a known
-field (a typo is an error naming the key and the valid ones); values are checked against the field type.
-Free-form mappings (`model.kwargs`, `head.kwargs`) are passed to the registries, which check them.
+field (a typo is an error naming the key and the valid ones); values are checked against the field
+type (facelab.configcheck), and each section checks its values' ranges and combinations in
+`__post_init__`. Free-form mappings (`model.kwargs`, `head.kwargs`) are passed to the registries,
+which check them.
 """
 
 import dataclasses
 import logging
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from facelab.configcheck import build, check_choice, choice, require
 from facelab.errors import FacelabError
 
 log = logging.getLogger(__name__)
 
-# The choices a config holds by name; the registries of higher layers (margins, backbones, pair losses)
-# are checked by facelab.train.task.check_names before any work starts.
+# The choices a config holds by name; the registries of higher layers (margins, backbones, pair
+# losses) are checked by facelab.train.task.check_names before any work starts.
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "poly", "cosine")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -33,8 +34,9 @@ _DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
 
 @dataclass
 class AdaptiveSamplingConfig:
-    """AdaptiveFace's Adaptive Data Sampling (facelab.data.samplers.AdaptiveBatchSampler): per-image weights
-    multiplied by `up` when the image was misclassified and by `down` when correct, kept in [min, max]."""
+    """AdaptiveFace's Adaptive Data Sampling (facelab.data.samplers.AdaptiveBatchSampler):
+    per-image weights multiplied by `up` when the image was misclassified and by `down` when
+    correct, kept in [min, max]."""
 
     enabled: bool = False
     up: float = 1.25
@@ -43,25 +45,27 @@ class AdaptiveSamplingConfig:
     max_weight: float = 5.0
 
     def __post_init__(self) -> None:
-        _require(self.up >= 1.0, "data.adaptive_sampling.up", self.up, "must be >= 1")
-        _require(0.0 < self.down <= 1.0, "data.adaptive_sampling.down", self.down, "must be in (0, 1]")
+        require(self.up >= 1.0, "data.adaptive_sampling.up", self.up, "must be >= 1")
+        require(0.0 < self.down <= 1.0, "data.adaptive_sampling.down", self.down,
+                "must be in (0, 1]")
         ok = 0.0 < self.min_weight <= 1.0 <= self.max_weight < float("inf")
         rule = "needs 0 < min_weight <= 1 <= max_weight"
-        _require(ok, "data.adaptive_sampling.min_weight", self.min_weight, rule)
+        require(ok, "data.adaptive_sampling.min_weight", self.min_weight, rule)
 
 
 @dataclass
 class DatasetEntry:
-    """One training set of a multi-dataset run (DAIL, facelab.data.multi): its own class space, and a
-    sampling weight that fixes its share of every batch."""
+    """One training set of a multi-dataset run (DAIL, facelab.data.multi): its own class space,
+    and a sampling weight that fixes its share of every batch."""
 
     path: str = ""  # image folder or RecordIO (anything facelab.data.open_training_set reads)
     weight: float = 1.0
     name: str = ""  # default: the folder name
 
     def __post_init__(self) -> None:
-        _require(bool(self.path), "data.datasets[].path", self.path, "is required")
-        _require(0.0 < self.weight < float("inf"), "data.datasets[].weight", self.weight, "must be > 0")
+        require(bool(self.path), "data.datasets[].path", self.path, "is required")
+        require(0.0 < self.weight < float("inf"), "data.datasets[].weight", self.weight,
+                "must be > 0")
 
 
 @dataclass
@@ -73,28 +77,36 @@ class DataConfig:
     preload: bool = False  # decode the whole set into memory once (small sets, CPU)
     flip: bool = True  # random horizontal flip
     adaptive_sampling: AdaptiveSamplingConfig = field(default_factory=AdaptiveSamplingConfig)
-    sampler: str = "uniform"  # uniform | pk (P identities x pk_k images) | siamese (a, b pairs); data/pk_sampler.py
+    # uniform | pk (P identities x pk_k images) | siamese (a, b pairs); data/pk_sampler.py
+    sampler: str = "uniform"
     pk_k: int = 4  # images per identity in a pk batch (batch_size must be a multiple)
     positive_fraction: float = 0.5  # siamese: fraction of same-identity pairs per batch
-    datasets: list[DatasetEntry] = field(default_factory=list)  # multi-dataset training (DAIL); else `train`
-    check_images: bool = True  # decode every training image before the run; bad ones are listed (data/check.py)
-    skip_bad: bool = False  # train without the bad images found (listed in the run folder) instead of refusing
+    # multi-dataset training (DAIL); else `train`
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    # decode every training image before the run; bad ones are listed (data/check.py)
+    check_images: bool = True
+    # train without the bad images found (listed in the run folder) instead of refusing
+    skip_bad: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
-        _require(self.workers >= 0, "data.workers", self.workers, "must be >= 0 (0: load in the training process)")
-        _choice(self.sampler, SAMPLERS, "data.sampler")
-        _require(self.pk_k >= 2, "data.pk_k", self.pk_k, "must be >= 2 (a pk batch needs positive pairs)")
-        _require(0.0 <= self.positive_fraction <= 1.0, "data.positive_fraction", self.positive_fraction,
-                 "must be in [0, 1]")
+        require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        require(self.workers >= 0, "data.workers", self.workers,
+                "must be >= 0 (0: load in the training process)")
+        choice(self.sampler, SAMPLERS, "data.sampler")
+        require(self.pk_k >= 2, "data.pk_k", self.pk_k,
+                "must be >= 2 (a pk batch needs positive pairs)")
+        require(0.0 <= self.positive_fraction <= 1.0, "data.positive_fraction",
+                self.positive_fraction, "must be in [0, 1]")
         if self.train and self.datasets:
             raise FacelabError("config data.datasets: give data.train or data.datasets, not both")
-        _require(not (self.datasets and self.adaptive_sampling.enabled), "data.adaptive_sampling.enabled", True,
-                 "is not implemented with data.datasets")
-        _require(not (self.datasets and self.sampler != "uniform"), "data.sampler", self.sampler,
-                 "is not implemented with data.datasets (their sampler gives each dataset a fixed batch share)")
-        _require(not (self.adaptive_sampling.enabled and self.sampler != "uniform"), "data.sampler",
-                 self.sampler, "cannot be combined with data.adaptive_sampling (each brings its own sampler)")
+        require(not (self.datasets and self.adaptive_sampling.enabled),
+                "data.adaptive_sampling.enabled", True, "is not implemented with data.datasets")
+        require(not (self.datasets and self.sampler != "uniform"), "data.sampler", self.sampler,
+                "is not implemented with data.datasets (their sampler gives each dataset a fixed "
+                "batch share)")
+        require(not (self.adaptive_sampling.enabled and self.sampler != "uniform"),
+                "data.sampler", self.sampler,
+                "cannot be combined with data.adaptive_sampling (each brings its own sampler)")
 
 
 @dataclass
@@ -107,9 +119,11 @@ class GroupFaceConfig:
 
     def __post_init__(self) -> None:
         key = "model.groupface."
-        _require(self.groups == 0 or self.groups >= 2, key + "groups", self.groups, "must be 0 or >= 2")
-        _require(0.0 <= self.lam < float("inf"), key + "lam", self.lam, "must be a finite number >= 0")
-        _require(self.hidden >= 1, "model.groupface.hidden", self.hidden, "must be >= 1")
+        require(self.groups == 0 or self.groups >= 2, key + "groups", self.groups,
+                "must be 0 or >= 2")
+        require(0.0 <= self.lam < float("inf"), key + "lam", self.lam,
+                "must be a finite number >= 0")
+        require(self.hidden >= 1, "model.groupface.hidden", self.hidden, "must be >= 1")
 
 
 @dataclass
@@ -120,44 +134,55 @@ class ModelConfig:
     groupface: GroupFaceConfig = field(default_factory=GroupFaceConfig)
 
     def __post_init__(self) -> None:
-        _require(self.embedding_size >= 1, "model.embedding_size", self.embedding_size, "must be >= 1")
+        require(self.embedding_size >= 1, "model.embedding_size", self.embedding_size,
+                "must be >= 1")
 
 
 @dataclass
 class HeadConfig:
     margin: str = "arcface"
     kwargs: dict[str, Any] = field(default_factory=dict)  # margin arguments (s, m, ...)
-    sub_centers: int | None = None  # class sub-centres K; None: the margin's default (3 for subcenter_arcface)
-    hard_prototypes: int = 0  # AdaptiveFace Hard Prototype Mining: k nearest prototypes per class; 0: off
-    sample_rate: float = 1.0  # Partial FC: share of each shard's classes in a step's softmax; 1.0: all
-    dataset_aware: bool = False  # DAIL: each sample's softmax over its own dataset's classes (data.datasets)
-    crossing_dropout: float = 0.0  # DAIL: probability that an other-dataset class joins the denominator
+    # class sub-centres K; None: the margin's default (3 for subcenter_arcface)
+    sub_centers: int | None = None
+    # AdaptiveFace Hard Prototype Mining: k nearest prototypes per class; 0: off
+    hard_prototypes: int = 0
+    # Partial FC: share of each shard's classes in a step's softmax; 1.0: all
+    sample_rate: float = 1.0
+    # DAIL: each sample's softmax over its own dataset's classes (data.datasets)
+    dataset_aware: bool = False
+    # DAIL: probability that an other-dataset class joins the denominator
+    crossing_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         k = self.sub_centers
-        _require(k is None or k >= 1, "head.sub_centers", k, "must be >= 1 (or null: the margin's default)")
-        _require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes, "must be >= 0")
-        _require(0.0 < self.sample_rate <= 1.0, "head.sample_rate", self.sample_rate, "must be in (0, 1]")
-        _require(0.0 <= self.crossing_dropout <= 1.0, "head.crossing_dropout", self.crossing_dropout,
-                 "must be in [0, 1]")
-        _require(self.dataset_aware or not self.crossing_dropout, "head.crossing_dropout", self.crossing_dropout,
-                 "needs head.dataset_aware: true")
+        require(k is None or k >= 1, "head.sub_centers", k,
+                "must be >= 1 (or null: the margin's default)")
+        require(self.hard_prototypes >= 0, "head.hard_prototypes", self.hard_prototypes,
+                "must be >= 0")
+        require(0.0 < self.sample_rate <= 1.0, "head.sample_rate", self.sample_rate,
+                "must be in (0, 1]")
+        require(0.0 <= self.crossing_dropout <= 1.0, "head.crossing_dropout",
+                self.crossing_dropout, "must be in [0, 1]")
+        require(self.dataset_aware or not self.crossing_dropout, "head.crossing_dropout",
+                self.crossing_dropout, "needs head.dataset_aware: true")
 
 
 @dataclass
 class PairsConfig:
-    """Pair-based metric learning (facelab.losses.pairs, pytorch-metric-learning), used when the top-level
-    `objective` is pairs or head+pairs. Names are checked by the registries there."""
+    """Pair-based metric learning (facelab.losses.pairs, pytorch-metric-learning), used when the
+    top-level `objective` is pairs or head+pairs. Names are checked by the registries there."""
 
     loss: str = "contrastive"  # contrastive | triplet | margin
-    miner: str = ""  # "" (all pairs / triplets) | semihard | distance_weighted | uniform_histogram
+    # "" (all pairs / triplets) | semihard | distance_weighted | uniform_histogram
+    miner: str = ""
     distance: str = "l2"  # l2 (Euclidean of L2-normalised embeddings) | l2_raw (unnormalised)
     weight: float = 1.0  # weight of the pair term in the loss dict
     kwargs: dict[str, Any] = field(default_factory=dict)  # loss arguments (margins, beta, ...)
     miner_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(0.0 <= self.weight < float("inf"), "pairs.weight", self.weight, "must be a finite number >= 0")
+        require(0.0 <= self.weight < float("inf"), "pairs.weight", self.weight,
+                "must be a finite number >= 0")
 
 
 @dataclass
@@ -170,13 +195,13 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
     def __post_init__(self) -> None:
-        _choice(self.name, OPTIMIZERS, "optim.name")
-        _require(0.0 < self.lr < math.inf, "optim.lr", self.lr, "must be a finite number > 0")
-        _require(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "must be in [0, 1)")
-        _require(0.0 <= self.weight_decay < math.inf, "optim.weight_decay", self.weight_decay,
-                 "must be a finite number >= 0")
+        choice(self.name, OPTIMIZERS, "optim.name")
+        require(0.0 < self.lr < math.inf, "optim.lr", self.lr, "must be a finite number > 0")
+        require(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "must be in [0, 1)")
+        require(0.0 <= self.weight_decay < math.inf, "optim.weight_decay", self.weight_decay,
+                "must be a finite number >= 0")
         ok = len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas)
-        _require(ok, "optim.betas", self.betas, "must be two numbers in [0, 1)")
+        require(ok, "optim.betas", self.betas, "must be two numbers in [0, 1)")
 
 
 @dataclass
@@ -187,10 +212,13 @@ class ScheduleConfig:
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        _choice(self.name, SCHEDULES, "schedule.name")
-        _require(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, "must be >= 0")
-        _require(0.0 < self.power < math.inf, "schedule.power", self.power, "must be a finite number > 0")
-        _require(0.0 <= self.min_lr < math.inf, "schedule.min_lr", self.min_lr, "must be a finite number >= 0")
+        choice(self.name, SCHEDULES, "schedule.name")
+        require(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps,
+                "must be >= 0")
+        require(0.0 < self.power < math.inf, "schedule.power", self.power,
+                "must be a finite number > 0")
+        require(0.0 <= self.min_lr < math.inf, "schedule.min_lr", self.min_lr,
+                "must be a finite number >= 0")
 
 
 @dataclass
@@ -200,39 +228,46 @@ class TrainConfig:
     clip_grad_norm: float = 0.0  # 0 disables
     device: str = "cpu"
     channels_last: bool = False
-    cudnn_benchmark: bool = True  # CUDA: let cuDNN time its convolution algorithms for the fixed input shape
-    compile: bool = False  # torch.compile the backbone's training forward (inductor: a C++ compiler on CPU)
+    # CUDA: let cuDNN time its convolution algorithms for the fixed input shape
+    cudnn_benchmark: bool = True
+    # torch.compile the backbone's training forward (inductor: a C++ compiler on CPU)
+    compile: bool = False
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
-    progress: bool = True  # tqdm bar on a terminal; else a status line on stderr every status_every seconds
+    # tqdm bar on a terminal; else a status line on stderr every status_every seconds
+    progress: bool = True
     status_every: float = 30.0
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
         k = "train."
-        _require(self.steps >= 1, k + "steps", self.steps, "must be >= 1")
-        _choice(self.amp, AMP_MODES, k + "amp")
-        _require(0.0 <= self.clip_grad_norm < math.inf, k + "clip_grad_norm", self.clip_grad_norm,
-                 "must be a finite number >= 0 (0: off)")
-        _require(bool(_DEVICE.fullmatch(self.device)), k + "device", self.device,
-                 "must be cpu, cuda, cuda:N or mps")
+        require(self.steps >= 1, k + "steps", self.steps, "must be >= 1")
+        choice(self.amp, AMP_MODES, k + "amp")
+        require(0.0 <= self.clip_grad_norm < math.inf, k + "clip_grad_norm", self.clip_grad_norm,
+                "must be a finite number >= 0 (0: off)")
+        require(bool(_DEVICE.fullmatch(self.device)), k + "device", self.device,
+                "must be cpu, cuda, cuda:N or mps")
         for key in ("log_every", "checkpoint_every"):
-            _require(getattr(self, key) >= 1, k + key, getattr(self, key), "must be >= 1")
-        _require(self.eval_every >= 0, k + "eval_every", self.eval_every, "must be >= 0 (0: only at the end)")
-        _require(self.threads >= 0, k + "threads", self.threads, "must be >= 0 (0: torch's default)")
-        _require(0.0 < self.status_every < math.inf, k + "status_every", self.status_every,
-                 "must be a finite number of seconds > 0")
+            require(getattr(self, key) >= 1, k + key, getattr(self, key), "must be >= 1")
+        require(self.eval_every >= 0, k + "eval_every", self.eval_every,
+                "must be >= 0 (0: only at the end)")
+        require(self.threads >= 0, k + "threads", self.threads,
+                "must be >= 0 (0: torch's default)")
+        require(0.0 < self.status_every < math.inf, k + "status_every", self.status_every,
+                "must be a finite number of seconds > 0")
 
 
 @dataclass
 class DistillConfig:
-    """Hard-sample distillation (facelab.distill): DDL (Huang et al. 2020) between easy (teacher) and hard
-    (student) images of the same identities in every batch. split: how images become easy or hard."""
+    """Hard-sample distillation (facelab.distill): DDL (Huang et al. 2020) between easy (teacher)
+    and hard (student) images of the same identities in every batch. split: how images become
+    easy or hard."""
 
     name: str = "none"  # none | ddl
-    split: str = "attribute"  # attribute (pose/resolution from a CSV) | degradation (hard views made on the fly)
+    # attribute (pose/resolution from a CSV) | degradation (hard views made on the fly)
+    split: str = "attribute"
     kl_pos: float = 0.1  # weight of KL(P+ teacher ‖ P+ student)
     kl_neg: float = 0.02  # weight of KL(P- teacher ‖ P- student)
     order: float = 0.5  # weight of the order term Σ (mean neg − mean pos)
@@ -242,42 +277,50 @@ class DistillConfig:
     identities_per_batch: int = 16  # identities with easy + hard images in every (global) batch
     easy_per_identity: int = 2
     hard_per_identity: int = 2  # the rest of the batch: random images, not used by DDL
-    attributes: str = ""  # split attribute: CSV with image (relative to data.train), yaw_deg, resolution
+    # split attribute: CSV with image (relative to data.train), yaw_deg, resolution
+    attributes: str = ""
     easy_max_yaw: float = 30.0  # easy: |yaw_deg| < this and resolution >= easy_min_resolution
     easy_min_resolution: float = 40.0
     hard_min_yaw: float = 30.0  # hard: |yaw_deg| >= this or resolution < hard_max_resolution
     hard_max_resolution: float = 40.0
-    degrade_side: list[int] = field(default_factory=lambda: [14, 40])  # split degradation: down-sampled side px
+    # split degradation: down-sampled side px
+    degrade_side: list[int] = field(default_factory=lambda: [14, 40])
     degrade_blur: float = 1.0  # max Gaussian blur sigma (px, at full size)
     degrade_noise: float = 6.0  # max Gaussian noise sigma (grey levels)
     degrade_jpeg: list[int] = field(default_factory=lambda: [30, 90])  # JPEG quality range
-    plot_identities: int = 16  # identities held out of training for the histogram plots; 0: no plots
+    # identities held out of training for the histogram plots; 0: no plots
+    plot_identities: int = 16
 
     def __post_init__(self) -> None:
         k = "distill."
-        _require(self.name in ("none", "ddl"), k + "name", self.name, "must be none or ddl")
+        require(self.name in ("none", "ddl"), k + "name", self.name, "must be none or ddl")
         splits = ("attribute", "degradation")
-        _require(self.split in splits, k + "split", self.split, "must be attribute or degradation")
+        require(self.split in splits, k + "split", self.split, "must be attribute or degradation")
         for key in ("kl_pos", "kl_neg", "order", "degrade_blur", "degrade_noise"):
             v = getattr(self, key)
-            _require(0.0 <= v < float("inf"), k + key, v, "must be a finite number >= 0")
-        _require(self.bins >= 1, k + "bins", self.bins, "must be >= 1")
-        _require(self.sigma > 0, k + "sigma", self.sigma, "must be > 0")
-        _require(self.identities_per_batch >= 1, k + "identities_per_batch", self.identities_per_batch, "must be >= 1")
+            require(0.0 <= v < float("inf"), k + key, v, "must be a finite number >= 0")
+        require(self.bins >= 1, k + "bins", self.bins, "must be >= 1")
+        require(self.sigma > 0, k + "sigma", self.sigma, "must be > 0")
+        require(self.identities_per_batch >= 1, k + "identities_per_batch",
+                self.identities_per_batch, "must be >= 1")
         for key in ("easy_per_identity", "hard_per_identity"):
-            _require(getattr(self, key) >= 2, k + key, getattr(self, key), "must be >= 2 (positive pairs)")
+            require(getattr(self, key) >= 2, k + key, getattr(self, key),
+                    "must be >= 2 (positive pairs)")
         side, q = self.degrade_side, self.degrade_jpeg
         ok = len(side) == 2 and 2 <= side[0] <= side[1]
-        _require(ok, k + "degrade_side", side, "must be [lo, hi] with 2 <= lo <= hi")
-        _require(len(q) == 2 and 1 <= q[0] <= q[1] <= 100, k + "degrade_jpeg", q, "must be [lo, hi] in 1..100")
-        _require(self.plot_identities >= 0, k + "plot_identities", self.plot_identities, "must be >= 0")
+        require(ok, k + "degrade_side", side, "must be [lo, hi] with 2 <= lo <= hi")
+        require(len(q) == 2 and 1 <= q[0] <= q[1] <= 100, k + "degrade_jpeg", q,
+                "must be [lo, hi] in 1..100")
+        require(self.plot_identities >= 0, k + "plot_identities", self.plot_identities,
+                "must be >= 0")
 
 
 @dataclass
 class InvarianceConfig:
-    """DAIL dataset-invariant learning (facelab.train.dail): a dataset classifier on the embedding behind a
-    gradient reversal layer; weight 0 disables it. Before `adversarial_from` it learns on detached features
-    (stage 1); from that step on its gradient reaches the embedding reversed, times λ (stage 2)."""
+    """DAIL dataset-invariant learning (facelab.losses.dail): a dataset classifier on the
+    embedding behind a gradient reversal layer; weight 0 disables it. Before `adversarial_from`
+    it learns on detached features (stage 1); from that step on its gradient reaches the
+    embedding reversed, times λ (stage 2)."""
 
     weight: float = 0.0  # weight of the dataset classifier's cross-entropy; 0: off
     grl_lambda: float = 1.0  # λ reached after the warm-up
@@ -287,11 +330,14 @@ class InvarianceConfig:
 
     def __post_init__(self) -> None:
         key = "dail."
-        _require(0.0 <= self.weight < float("inf"), key + "weight", self.weight, "must be a finite number >= 0")
-        _require(0.0 <= self.grl_lambda < float("inf"), key + "grl_lambda", self.grl_lambda, "must be >= 0")
-        _require(self.warmup_steps >= 0, key + "warmup_steps", self.warmup_steps, "must be >= 0")
-        _require(self.adversarial_from >= 0, key + "adversarial_from", self.adversarial_from, "must be >= 0")
-        _require(self.hidden >= 0, key + "hidden", self.hidden, "must be >= 0")
+        require(0.0 <= self.weight < float("inf"), key + "weight", self.weight,
+                "must be a finite number >= 0")
+        require(0.0 <= self.grl_lambda < float("inf"), key + "grl_lambda", self.grl_lambda,
+                "must be >= 0")
+        require(self.warmup_steps >= 0, key + "warmup_steps", self.warmup_steps, "must be >= 0")
+        require(self.adversarial_from >= 0, key + "adversarial_from", self.adversarial_from,
+                "must be >= 0")
+        require(self.hidden >= 0, key + "hidden", self.hidden, "must be >= 0")
 
 
 @dataclass
@@ -311,78 +357,22 @@ class Config:
     dail: InvarianceConfig = field(default_factory=InvarianceConfig)
 
     def __post_init__(self) -> None:
-        _require(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32) (numpy's seed range)")
-        _require(bool(self.output), "output", self.output, "must name the run folder")
-        _choice(self.objective, OBJECTIVE_NAMES, "objective")
+        require(0 <= self.seed < 2**32, "seed", self.seed,
+                "must be in [0, 2**32) (numpy's seed range)")
+        require(bool(self.output), "output", self.output, "must name the run folder")
+        choice(self.objective, OBJECTIVE_NAMES, "objective")
         ads = self.data.adaptive_sampling.enabled
-        _require(not (ads and self.objective == "pairs"), "data.adaptive_sampling.enabled", ads,
-                 "needs a classifier head (objective is 'pairs')")
-        _require(not (ads and self.distill.name != "none"), "data.adaptive_sampling.enabled", ads,
-                 f"cannot be combined with distill.name {self.distill.name} (each brings its own sampler)")
+        require(not (ads and self.objective == "pairs"), "data.adaptive_sampling.enabled", ads,
+                "needs a classifier head (objective is 'pairs')")
+        require(not (ads and self.distill.name != "none"), "data.adaptive_sampling.enabled", ads,
+                f"cannot be combined with distill.name {self.distill.name} (each brings its own "
+                "sampler)")
         lr, floor = self.optim.lr, self.schedule.min_lr
-        _require(floor <= lr, "schedule.min_lr", floor, f"must be <= optim.lr ({lr})")
+        require(floor <= lr, "schedule.min_lr", floor, f"must be <= optim.lr ({lr})")
         if self.schedule.warmup_steps > self.train.steps:
-            log.warning("config schedule.warmup_steps: %d is more than train.steps (%d): the run ends "
-                        "before the warm-up does", self.schedule.warmup_steps, self.train.steps)
-
-
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise FacelabError(f"config {key}: {value!r} is invalid: {rule}")
-
-
-def _choice(value: str, choices: typing.Iterable[str], key: str) -> None:
-    choices = list(choices)
-    _require(value in choices, key, value, f"must be one of {', '.join(choices)}")
-
-
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-    """Return `value` as type `tp`, or raise naming `key`. Ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):  # `X | None`
-        (inner,) = [t for t in typing.get_args(tp) if t is not type(None)]
-        return None if value is None else _check_value(value, inner, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise FacelabError(f"config {key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise FacelabError(f"config {key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):  # e.g. the items of data.datasets
-        return _build(tp, value, key + ".")
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise FacelabError(f"config {key}: expected {tp.__name__}, got {value!r}")
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise FacelabError(f"config {prefix.rstrip('.') or 'file'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise FacelabError(f"config: unknown key {where!r}; valid keys here: {', '.join(names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, where + ".")
-        else:
-            kwargs[key] = _check_value(value, tp, where)
-    return cls(**kwargs)
+            log.warning("config schedule.warmup_steps: %d is more than train.steps (%d): the run "
+                        "ends before the warm-up does", self.schedule.warmup_steps,
+                        self.train.steps)
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -399,14 +389,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `key.sub=value` strings (values parsed as YAML) to a raw config mapping."""
     for item in overrides:
         if "=" not in item:
-            raise FacelabError(f"config override {item!r}: expected key=value (e.g. optim.lr=0.05)")
+            raise FacelabError(f"config override {item!r}: expected key=value "
+                               "(e.g. optim.lr=0.05)")
         key, raw = item.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     return data
 
 
 def config_from_dict(data: dict) -> Config:
-    return _build(Config, data, "")
+    return build(Config, data, "")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -431,12 +422,5 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def check_choice(value: str, choices: typing.Iterable[str], key: str) -> str:
-    """FacelabError naming `key` unless `value` is one of `choices`."""
-    choices = list(choices)
-    if value not in choices:
-        raise FacelabError(f"config {key}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-__all__ = ["Config", "apply_overrides", "check_choice", "config_from_dict", "config_to_dict", "load_config"]
+__all__ = ["Config", "apply_overrides", "check_choice", "config_from_dict", "config_to_dict",
+           "load_config"]

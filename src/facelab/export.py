@@ -1,36 +1,29 @@
-"""ONNX export of the embedding network (`facelab export`) and loading an export back for evaluation.
+"""ONNX export of the embedding network (`facelab export`), checked against torch before writing.
 
-The graph takes "images", float32 [B, 3, H, W] with B dynamic, preprocessed exactly as evaluation feeds the
-torch model (`facelab.data.transforms.to_input` with the model's `preprocess` record): RGB uint8 crops,
-channels reversed when the model was trained on BGR, then x / 255 and (x - mean) / std. It returns
-"embeddings", float32 [B, d], raw (not L2-normalised) like the torch model; evaluation adds the flipped
-crop's embedding and normalises (facelab.eval.embed). H x W is the alignment template's crop at the
-recorded size (112 x 112 for arcface112).
+The graph takes "images", float32 [B, 3, H, W] with B dynamic, preprocessed exactly as evaluation
+feeds the torch model (`facelab.data.transforms.to_input` with the model's `preprocess` record): RGB
+uint8 crops, channels reversed when the model was trained on BGR, then x / 255 and (x - mean) / std.
+It returns "embeddings", float32 [B, d], raw (not L2-normalised) like the torch model; evaluation
+adds the flipped crop's embedding and normalises (facelab.eval.embed). H x W is the alignment
+template's crop at the recorded size (112 x 112 for arcface112).
 
-Metadata (ONNX metadata_props, strings): facelab_format "facelab-onnx", facelab_format_version, facelab_version,
-preprocess (JSON, the checkpoint's record completed with the defaults, so a reader needs no facelab), embedding_size,
-backbone, groupface_groups, source_checkpoint, source_step. `load_onnx` reads them through onnxruntime and
-refuses a file without them, so `facelab eval` / `ijb` / `search` / `overlap` check the data against the
-exported model's preprocessing exactly as against a checkpoint's (facelab.eval.metadata).
+Metadata (ONNX metadata_props, strings): facelab_format "facelab-onnx", facelab_format_version,
+facelab_version, preprocess (JSON, the checkpoint's record completed with the defaults, so a reader
+needs no facelab), embedding_size, backbone, groupface_groups, source_checkpoint, source_step.
+facelab.onnx_model reads an export back and refuses a file without them.
 
-Every export is checked before it is written: onnxruntime and torch embed seeded random batches of 2 and 3
-(the second proves the dynamic batch axis); the largest difference of the L2-normalised embeddings must stay
-within TOLERANCE, else nothing is written. The exporter is torch's torch.export-based one (`dynamo=True`, needs
-onnxscript): the TorchScript-based one is deprecated (torch 2.13 warns that it will be removed).
+Every export is checked before it is written: onnxruntime and torch embed seeded random batches of
+2 and 3 (the second proves the dynamic batch axis); the largest difference of the L2-normalised
+embeddings must stay within TOLERANCE, else nothing is written. The exporter is torch's
+torch.export-based one (`dynamo=True`, needs onnxscript), not the deprecated TorchScript one.
 """
 
-from __future__ import annotations
-
-import importlib
-import json
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -39,36 +32,14 @@ from facelab.align.template import template_for
 from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
 from facelab.io import check_output_folder, write_atomic
+from facelab.jsonfile import strict_json
+from facelab.model import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from facelab.onnx_model import FORMAT, FORMAT_VERSION, first_line, open_session, require
 
 log = logging.getLogger(__name__)
 
-FORMAT = "facelab-onnx"
-FORMAT_VERSION = 1
 TOLERANCE = 1e-4  # max |torch - onnxruntime| of L2-normalised embeddings, float32
 INPUT, OUTPUT = "images", "embeddings"
-INSTALL = "pip install 'facelab[export]'"
-
-
-def _require(module: str) -> ModuleType:
-    """Import an optional dependency, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise FacelabError(f"{module} is not installed; ONNX export and exported models need it: {INSTALL}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
-
-
-def _session(source: str | bytes) -> object:
-    """A CPU onnxruntime session on a file path or serialised model, using as many threads as torch does."""
-    ort = _require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()  # OMP_NUM_THREADS / torch.set_num_threads rule both
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def _input_size(preprocess: dict) -> tuple[int, int]:
@@ -78,8 +49,6 @@ def _input_size(preprocess: dict) -> tuple[int, int]:
 
 
 def _metadata(ckpt: dict, path: Path, preprocess: dict) -> dict[str, str]:
-    from facelab.jsonfile import strict_json  # the one JSON writer; preprocess is finite
-
     model_cfg = ckpt["config"].get("model", {})
     return {
         "facelab_format": FORMAT,
@@ -96,8 +65,9 @@ def _metadata(ckpt: dict, path: Path, preprocess: dict) -> dict[str, str]:
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Hold back the exporter's INFO chatter (onnxscript's optimiser passes, torchvision op registration) and
-    its deprecation warnings about torch internals, so `facelab export` logs only its own result."""
+    """Hold back the exporter's INFO chatter (onnxscript's optimiser passes, torchvision op
+    registration) and its deprecation warnings about torch internals, so `facelab export` logs only
+    its own result."""
     loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [lg.level for lg in loggers]
     try:
@@ -113,8 +83,9 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _to_onnx(model: nn.Module, size: tuple[int, int], opset: int | None, name: str) -> object:
-    """The ONNX ModelProto of `model` on [B, 3, H, W] (B dynamic); FacelabError naming the model if it fails."""
-    _require("onnxscript")  # torch's exporter imports it itself, with a less helpful message
+    """The ONNX ModelProto of `model` on [B, 3, H, W] (B dynamic); FacelabError naming the model if
+    it fails."""
+    require("onnxscript")  # torch's exporter imports it itself, with a less helpful message
     example = torch.zeros(2, 3, *size)  # [2, 3, H, W]
     batch = torch.export.Dim("batch")
     try:
@@ -125,138 +96,95 @@ def _to_onnx(model: nn.Module, size: tuple[int, int], opset: int | None, name: s
             )
         return program.model_proto
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; one message for all
-        raise FacelabError(f"{name}: cannot be exported to ONNX{'' if opset is None else f' opset {opset}'} "
-                           f"({type(e).__name__}: {_first_line(e)})") from None
+        raise FacelabError(
+            f"{name}: cannot be exported to ONNX{'' if opset is None else f' opset {opset}'} "
+            f"({type(e).__name__}: {first_line(e)})"
+        ) from None
 
 
 def _max_difference(model: nn.Module, session: object, size: tuple[int, int]) -> float:
-    """Largest |torch - onnxruntime| of L2-normalised embeddings on seeded random batches of 2 and 3."""
+    """Largest |torch - onnxruntime| of L2-normalised embeddings on seeded random batches of
+    2 and 3."""
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch in (2, 3):  # 3 differs from the export example's batch: the axis must be dynamic
-        x = torch.rand(batch, 3, *size, generator=gen) * 2 - 1  # [B, 3, H, W] in the range of normalised pixels
+        # [B, 3, H, W] in the range of normalised pixels
+        x = torch.rand(batch, 3, *size, generator=gen) * 2 - 1
         with torch.no_grad():
             ref = model(x)  # [B, d]
         got = torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])  # [B, d]
         if got.shape != ref.shape:
-            raise FacelabError(f"ONNX export check: onnxruntime gave {tuple(got.shape)}, torch {tuple(ref.shape)}")
-        diff = (nn.functional.normalize(got, dim=1) - nn.functional.normalize(ref, dim=1)).abs().max()
+            raise FacelabError(
+                f"ONNX export check: onnxruntime gave {tuple(got.shape)}, torch {tuple(ref.shape)}"
+            )
+        unit_got = nn.functional.normalize(got, dim=1)
+        unit_ref = nn.functional.normalize(ref, dim=1)
+        diff = (unit_got - unit_ref).abs().max()
         worst = max(worst, float(diff))
     return worst
 
 
 def export_onnx(run_or_checkpoint: str | Path, out: str | Path, opset: int | None = None) -> dict:
-    """Export a run's embedding network to `out` (a `.onnx` file, written atomically) after checking it.
+    """Export a run's embedding network to `out` (a `.onnx` file, written atomically) after checking
+    it.
 
-    opset: ONNX opset (None: the exporter's default). Returns {"out", "bytes", "opset", "max_abs_diff",
-    "tolerance", "metadata"}; raises FacelabError, writing nothing, when the export fails or onnxruntime
-    and torch disagree by more than TOLERANCE. The output's folder is proven writable first,
-    before the checkpoint is read.
+    opset: ONNX opset (None: the exporter's default). Returns {"out", "bytes", "opset",
+    "max_abs_diff", "tolerance", "metadata"}; raises FacelabError, writing nothing, when the export
+    fails or onnxruntime and torch disagree by more than TOLERANCE. The output's folder is proven
+    writable first, before the checkpoint is read.
     """
-    from facelab.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from facelab.train.task import model_from_checkpoint
-
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise FacelabError(f"{out}: the exported model's file name must end in .onnx")
     check_output_folder(out.parent, f"folder of {out.name}")  # before the minutes of work
-    _require("onnx")
+    require("onnx")
     path = resolve_checkpoint(run_or_checkpoint)
     ckpt = load_checkpoint(path)
-    model, preprocess = model_from_checkpoint(ckpt)  # the same network and record `load_model` gives
+    # the same network and record `load_model` gives
+    model, preprocess = model_from_checkpoint(ckpt)
     preprocess = check_preprocess(preprocess)
     meta = _metadata(ckpt, path, preprocess)
     size = _input_size(preprocess)
-    name = f"backbone {meta['backbone']!r}" + (" with GroupFace" if meta["groupface_groups"] != "0" else "")
+    name = f"backbone {meta['backbone']!r}" + (
+        " with GroupFace" if meta["groupface_groups"] != "0" else ""
+    )
     proto = _to_onnx(model, size, opset, name)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is not None and opset_used != opset:  # the exporter falls back to its own opset when it cannot convert
-        raise FacelabError(f"opset {opset}: the exporter cannot write {name} in it (it gave opset {opset_used}); "
-                           "leave --opset out for the exporter's default")
-    _require("onnx").helper.set_model_props(proto, meta)
+    # the exporter falls back to its own opset when it cannot convert
+    if opset is not None and opset_used != opset:
+        raise FacelabError(
+            f"opset {opset}: the exporter cannot write {name} in it (it gave opset {opset_used}); "
+            "leave --opset out for the exporter's default"
+        )
+    require("onnx").helper.set_model_props(proto, meta)
     data = proto.SerializeToString()
-    diff = _max_difference(model, _session(data), size)
+    diff = _max_difference(model, open_session(data), size)
     if not diff <= TOLERANCE:  # NaN refused too
-        raise FacelabError(f"{name}: the ONNX export differs from the torch model by {diff:.2e} "
-                           f"(L2-normalised embeddings, tolerance {TOLERANCE:.0e}); nothing written to {out}")
+        raise FacelabError(
+            f"{name}: the ONNX export differs from the torch model by {diff:.2e} "
+            f"(L2-normalised embeddings, tolerance {TOLERANCE:.0e}); nothing written to {out}"
+        )
     try:
         write_atomic(out, lambda tmp: tmp.write_bytes(data))
     except OSError as e:
         raise FacelabError(f"{out}: cannot write ({e.strerror or e})") from None
-    log.info("exported %s to %s (%.1f MB, opset %s); torch vs onnxruntime: max |diff| %.2e of L2-normalised "
-             "embeddings (tolerance %.0e)", name, out, len(data) / 1e6, opset_used, diff, TOLERANCE)
-    return {"out": str(out), "bytes": len(data), "opset": opset_used, "max_abs_diff": diff, "tolerance": TOLERANCE,
-            "metadata": meta}
+    log.info(
+        "exported %s to %s (%.1f MB, opset %s); torch vs onnxruntime: max |diff| %.2e of "
+        "L2-normalised embeddings (tolerance %.0e)",
+        name,
+        out,
+        len(data) / 1e6,
+        opset_used,
+        diff,
+        TOLERANCE,
+    )
+    return {
+        "out": str(out),
+        "bytes": len(data),
+        "opset": opset_used,
+        "max_abs_diff": diff,
+        "tolerance": TOLERANCE,
+        "metadata": meta,
+    }
 
 
-class OnnxEmbedder(nn.Module):
-    """An exported model as an embedding network for evaluation: images float32 [B, 3, H, W] (preprocessed
-    as `metadata["preprocess"]` says) -> raw embeddings float32 [B, d], through an onnxruntime CPU session.
-    No parameters and no autograd: evaluation only."""
-
-    def __init__(self, path: Path, session: object, metadata: dict) -> None:
-        super().__init__()
-        self.path, self.session, self.metadata = Path(path), session, metadata
-        self.input_name = session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)  # [B, 3, H, W]
-        try:
-            out = self.session.run(None, {self.input_name: feed})[0]  # [B, d]
-        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
-            raise FacelabError(f"{self.path}: onnxruntime cannot embed a batch of shape {tuple(x.shape)} "
-                               f"({type(e).__name__}: {_first_line(e)})") from None
-        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
-
-    def extra_repr(self) -> str:
-        return f"{self.path}, backbone={self.metadata.get('backbone')!r}"
-
-
-def read_metadata(props: dict[str, str], where: str | Path) -> dict:
-    """Checked facelab metadata of an exported model: every field as stored, `preprocess` parsed (a dict)
-    and `embedding_size` an int. FacelabError naming `where` and the field for anything missing or foreign."""
-    fmt = props.get("facelab_format")
-    if fmt is None:
-        raise FacelabError(f"{where}: not a facelab export (no metadata field 'facelab_format'); "
-                           "make one with `facelab export RUN --out FILE.onnx`")
-    if fmt != FORMAT:
-        raise FacelabError(f"{where}: metadata facelab_format is {fmt!r}, expected {FORMAT!r}")
-    version = props.get("facelab_format_version", "")
-    if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
-        raise FacelabError(f"{where}: metadata facelab_format_version is {version!r}; this facelab "
-                           f"reads versions 1..{FORMAT_VERSION}")
-    preprocess = _read_preprocess(props, where)
-    size = props.get("embedding_size", "")
-    if not size.isdigit() or int(size) < 1:
-        raise FacelabError(f"{where}: metadata field 'embedding_size' must be a positive integer, got {size!r}")
-    return {**props, "preprocess": preprocess, "embedding_size": int(size)}
-
-
-def _read_preprocess(props: dict[str, str], where: str | Path) -> dict:
-    """The `preprocess` metadata field as a checked record (a dict)."""
-    if "preprocess" not in props:
-        raise FacelabError(f"{where}: metadata field 'preprocess' is missing")
-    try:
-        preprocess = json.loads(props["preprocess"])
-        if not isinstance(preprocess, dict):
-            raise FacelabError(f"expected a JSON object, got {type(preprocess).__name__}")
-        check_preprocess(preprocess)
-    except (json.JSONDecodeError, FacelabError) as e:
-        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        msg = f"{where}: metadata field 'preprocess' is not a valid preprocessing record ({why})"
-        raise FacelabError(msg) from None
-    return preprocess
-
-
-def load_onnx(path: str | Path) -> tuple[OnnxEmbedder, dict]:
-    """(OnnxEmbedder, preprocess record) of a `facelab export` file; what `train.task.load_model` returns
-    for a `.onnx` path."""
-    path = Path(path)
-    try:
-        session = _session(str(path))
-    except FacelabError:
-        raise
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
-        raise FacelabError(f"{path}: not a readable ONNX model ({type(e).__name__}: {_first_line(e)})") from None
-    meta = read_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
-    return OnnxEmbedder(path, session, meta), meta["preprocess"]

@@ -26,8 +26,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
 
-    A crash leaves the old file (or none), never a half-written one. The file gets the permissions an
-    ordinary new file would (0666 minus the umask; mkstemp alone would leave it private, 0600).
+    A crash leaves the old file (or none), never a half-written one. The file gets the permissions
+    an ordinary new file would (0666 minus the umask; mkstemp alone would leave it private, 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +46,8 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def check_writable(folder: Path, what: str = "output folder") -> Path:
     """Create `folder` if needed and prove that files can be created in it, before any work starts.
 
-    FacelabError naming the folder otherwise (permissions, a file in the way, a read-only disk), so a
-    command fails in a second instead of after its work, when writing its results.
+    FacelabError naming the folder otherwise (permissions, a file in the way, a read-only disk), so
+    a command fails in a second instead of after its work, when writing its results.
     """
     folder = Path(folder)
     try:
@@ -75,8 +75,9 @@ def check_output_folder(folder: Path, what: str = "output folder") -> Path:
 
 
 def write_skipped(path: Path, key: str, rows: list[tuple[object, str]]) -> None:
-    """`skipped.csv`: a `<key>,reason` header and one row per skipped item, commas in reasons turned into ';'
-    (atomic, like every file facelab writes). Shared by `facelab align` (key image) and `convert` (offset)."""
+    """`skipped.csv`: a `<key>,reason` header and one row per skipped item, commas in reasons
+    turned into ';' (atomic, like every file facelab writes). Shared by `facelab align` (key image)
+    and `convert` (offset)."""
     text = "".join(f"{k},{reason.replace(',', ';')}\n" for k, reason in rows)
     write_atomic(path, lambda tmp: tmp.write_text(f"{key},reason\n" + text))
 
@@ -136,7 +137,8 @@ def remove_stale_temps(folder: Path, recursive: bool = False) -> list[Path]:
 
 def die_with_parent() -> None:
     """For pool workers: end when the process that started them ends, even by SIGKILL (Linux's
-    PR_SET_PDEATHSIG), instead of lingering as orphans holding the pool's pipes; elsewhere a no-op."""
+    PR_SET_PDEATHSIG), instead of lingering as orphans holding the pool's pipes; elsewhere a
+    no-op."""
     if not sys.platform.startswith("linux") or multiprocessing.parent_process() is None:
         return  # never the main process: it would die with the shell that started it
     try:
@@ -160,8 +162,8 @@ def fork_safe_cv2() -> Iterator[None]:
 
 
 def process_start(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (/proc, Linux; None elsewhere), which tells a
-    recycled pid from the process that held it."""
+    """A process's start time in clock ticks since boot (/proc, Linux; None elsewhere), which tells
+    a recycled pid from the process that held it."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -169,8 +171,8 @@ def process_start(pid: int) -> str | None:
 
 
 def pid_alive(pid: int, started: str | None = None) -> bool:
-    """Whether process `pid` of this host runs, and (given `started`, from process_start) is still the
-    same process, not a later one that got its pid."""
+    """Whether process `pid` of this host runs, and (given `started`, from process_start) is still
+    the same process, not a later one that got its pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -225,7 +227,7 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 def opencv_rgb(data: bytes) -> np.ndarray | None:
     """OpenCV's decode of encoded bytes as RGB uint8 [H, W, 3], or None where it cannot decode them
-    (the loader's pixels; facelab.data.check uses them after its strict checks)."""
+    (the loader's pixels; facelab.images uses them after its strict checks)."""
     try:
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:

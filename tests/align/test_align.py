@@ -15,7 +15,8 @@ def _apply(m, pts):
     return pts @ m[:, :2].T + m[:, 2]
 
 
-@pytest.mark.parametrize("scale,angle,tx,ty", [(1.0, 0.0, 0, 0), (0.4, 0.7, 12.5, -3), (2.3, -2.9, -40, 80)])
+@pytest.mark.parametrize("scale,angle,tx,ty",
+                         [(1.0, 0.0, 0, 0), (0.4, 0.7, 12.5, -3), (2.3, -2.9, -40, 80)])
 def test_recovers_known_similarity(scale, angle, tx, ty):
     rng = np.random.default_rng(0)
     src = rng.uniform(0, 200, (5, 2))
@@ -48,7 +49,8 @@ def test_align_face_puts_landmarks_on_template():
     photo = np.zeros((300, 300, 3), np.uint8)
     photo_lm = _apply(_similarity(1.9, 0.4, 60, 20), ARCFACE_112)  # a face 1.9x larger, rotated
     for x, y in photo_lm:
-        cv2.circle(photo, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, 4)
+        cv2.circle(photo, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1,
+                   cv2.LINE_AA, 4)
     out = align_face(photo, photo_lm)
     assert out.shape == (112, 112, 3)
     for x, y in ARCFACE_112:
@@ -67,7 +69,8 @@ def test_template_96x112_is_shifted():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.full((5, 2), np.nan), np.zeros((5, 2)), np.zeros((4, 2)), np.array([[1, 1]] * 2 + [[3, 4]] * 3, float)],
+    [np.full((5, 2), np.nan), np.zeros((5, 2)), np.zeros((4, 2)),
+     np.array([[1, 1]] * 2 + [[3, 4]] * 3, float)],
 )
 def test_bad_landmarks_refused(bad):
     with pytest.raises(FacelabError):

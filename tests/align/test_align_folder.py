@@ -46,7 +46,8 @@ def test_folder_alignment_skips_and_reports_bad_faces(tmp_path):
     [
         ("img,x\n", "header must be"),
         ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png,1,2\n", r"lm.csv:2: expected 11 fields"),
-        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png," + "z," * 9 + "1\n", r"lm.csv:2: non-numeric"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png," + "z," * 9 + "1\n",
+         r"lm.csv:2: non-numeric"),
         ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\nzz.png," + "1," * 9 + "1\n", "'zz.png' not found"),
     ],
 )
@@ -59,8 +60,10 @@ def test_bad_landmark_files(tmp_path, text, msg):
 
 def test_empty_landmark_row_means_no_face(tmp_path):
     _photo(tmp_path / "src" / "a" / "0.png", ARCFACE_112)
-    (tmp_path / "lm.csv").write_text("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png" + "," * 10 + "\n")
-    assert align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)["skipped"] == 1
+    (tmp_path / "lm.csv").write_text("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png" + "," * 10
+                                     + "\n")
+    summary = align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)
+    assert summary["skipped"] == 1
     assert "no face found" in (tmp_path / "out" / "skipped.csv").read_text()
 
 

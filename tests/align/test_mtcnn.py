@@ -32,7 +32,8 @@ def astronaut(weights):
 def hopper(weights):
     import matplotlib.cbook
 
-    return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))  # [600, 512, 3]
+    # [600, 512, 3]
+    return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
 def _check_geometry(box, points, iod_range):
@@ -48,11 +49,13 @@ def test_astronaut_one_face_plausible_landmarks(astronaut):
     assert len(faces) == 1
     box, score, points = faces[0]
     assert score > 0.99 and points.shape == (5, 2)
-    assert 178 - 10 < box[0] < box[2] < 268 + 10 and 58 - 10 < box[1] < box[3] < 175 + 10  # face by eye
+    # face by eye
+    assert 178 - 10 < box[0] < box[2] < 268 + 10 and 58 - 10 < box[1] < box[3] < 175 + 10
     _check_geometry(box, points, iod_range=(35, 55))  # eyes ~43 px apart in this 512-px photo
     matrix = similarity_transform(points, ARCFACE_112)
     mapped = points @ matrix[:, :2].T + matrix[:, 2]
-    assert np.linalg.norm(mapped - ARCFACE_112, axis=1).max() < 8  # a face shape (she smiles: mouth ~6 px off)
+    # a face shape (she smiles: mouth ~6 px off)
+    assert np.linalg.norm(mapped - ARCFACE_112, axis=1).max() < 8
 
 
 def test_aligned_crop_redetects_on_the_template(astronaut):
@@ -107,7 +110,8 @@ def test_cli_align_with_the_detector(astronaut, tmp_path):
     assert main(["align", str(src), str(out), "--detector", "mtcnn", "--workers", "1"]) == 0
     crops = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert crops == ["nasa/astronaut.png"] and read_image(out / crops[0]).shape == (112, 112, 3)
-    assert (out / "skipped.csv").read_text().splitlines() == ["image,reason"]  # header only: nothing skipped
+    # header only: nothing skipped
+    assert (out / "skipped.csv").read_text().splitlines() == ["image,reason"]
     assert list(read_landmarks(out / "landmarks.csv")) == ["nasa/astronaut.png"]
     manifest = json.loads((out / "align.json").read_text())
     assert (manifest["aligned"], manifest["skipped"], manifest["size"]) == (1, 0, 112)
@@ -164,17 +168,20 @@ def test_rnet_onet_output_shapes():
 def test_box_helpers():
     boxes = np.array([[10.0, 20.0, 30.0, 60.0]])
     assert mtcnn.square(boxes).tolist() == [[0.0, 20.0, 40.0, 60.0]]
-    assert mtcnn.regress(boxes, np.array([[0.1, -0.1, 0.5, 0.0]])).tolist() == [[12.0, 16.0, 40.0, 60.0]]
+    moved = mtcnn.regress(boxes, np.array([[0.1, -0.1, 0.5, 0.0]]))
+    assert moved.tolist() == [[12.0, 16.0, 40.0, 60.0]]
     scales = mtcnn.pyramid_scales(100, 200, min_face=20, factor=0.5)
     assert scales == [0.6, 0.3, 0.15] and all(100 * s >= 12 for s in scales)
 
 
 def test_crops_pad_with_black_outside_the_image():
     image = np.full((10, 10, 3), 255, np.uint8)
-    patch = mtcnn.crops(image, np.array([[-10.0, 0.0, 10.0, 20.0]]), 4)  # left and bottom halves outside
+    # left and bottom halves outside
+    patch = mtcnn.crops(image, np.array([[-10.0, 0.0, 10.0, 20.0]]), 4)
     raw = patch[0, 0] * 128 + 127.5  # back to pixel values, [4, 4]
     assert torch.allclose(raw[:2, 2:], torch.full((2, 2), 255.0))
-    assert torch.allclose(raw[:, :2], torch.zeros(4, 2)) and torch.allclose(raw[2:], torch.zeros(2, 4))
+    assert torch.allclose(raw[:, :2], torch.zeros(4, 2))
+    assert torch.allclose(raw[2:], torch.zeros(2, 4))
 
 
 def test_missing_weights_name_the_pip_command(monkeypatch):
@@ -193,4 +200,5 @@ def test_pretrained_state_dicts_fit_the_definitions(weights):
     for name, cls in mtcnn.NETS.items():
         state = torch.load(weights / f"{name}.pt", map_location="cpu", weights_only=True)
         net = cls()
-        assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in state.items()} == expected

@@ -10,7 +10,10 @@ from torch import nn
 from facelab.backbones.groupface import GroupFace, self_distributed_labels
 from facelab.config import config_from_dict
 from facelab.errors import FacelabError
-from facelab.train.task import FaceTask, build_model
+from facelab.losses.base import Objective
+from facelab.losses.groupface import GroupFaceTerm
+from facelab.model import build_model
+from facelab.train.task import FaceTask
 
 B, D_X, D, K, HIDDEN = 6, 5, 4, 3, 7
 
@@ -137,6 +140,17 @@ def test_bad_arguments(kwargs):
         GroupFace(nn.Identity(), D_X, D, **kwargs)
 
 
+class Constant(Objective):
+    """An objective with one constant term `name`."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+    def forward(self, embeddings, labels, **extras):
+        return {self.name: embeddings.new_zeros(())}
+
+
 def test_config_wraps_any_backbone_and_adds_the_loss_term():
     cfg = config_from_dict(
         {
@@ -152,9 +166,14 @@ def test_config_wraps_any_backbone_and_adds_the_loss_term():
     preprocess = {"template": "arcface112", "size": 112, "colour": "RGB", "mean": 0.5, "std": 0.5}
     task = FaceTask(cfg, num_classes=5, preprocess=preprocess).train()
     images = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
-    losses = task(images, torch.tensor([0, 1, 2, 3]))
+    assert list(task.objectives) == ["groupface"] and isinstance(task.objectives["groupface"], GroupFaceTerm)
+    losses = task(images, torch.tensor([0, 1, 2, 3])).losses
     assert set(losses) == {"loss", "ce", "groupface"}
     assert losses["loss"].item() == pytest.approx(losses["ce"].item() + losses["groupface"].item(), rel=1e-6)
     assert 0 < losses["groupface"].item() < math.inf  # λ·CE
+    # a term of that name already in the loss dict: the groupface objective refuses to overwrite it
+    task.objectives = nn.ModuleDict({"first": Constant("groupface"), **task.objectives})
+    with pytest.raises(FacelabError, match="loss term 'groupface' of objective 'groupface' clashes"):
+        task(images, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(FacelabError, match="model.groupface.groups"):
         config_from_dict({"model": {"groupface": {"groups": 1}}})

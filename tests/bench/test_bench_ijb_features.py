@@ -1,19 +1,17 @@
 """bench.bench_ijb_features at tiny sizes: positive rates, and its end-to-end features are extract_features'."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
+import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `bench` is a top-level folder of the repository, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from bench import bench_ijb_features  # noqa: E402
-from facelab.eval.ijb import extract_features, read_ijb_meta  # noqa: E402
+from bench import bench_ijb_features  # bench/: a folder of the repository (pytest's pythonpath)
+from facelab.eval.protocols.ijb import extract_features, read_ijb_meta
 
 
+# slow (~7 s: a spawned decode pool): a benchmark at smoke size. Default coverage: the module
+# imports (test_bench_modules.py); pooled IJB features equal in-process ones
+# (tests/eval/test_ijb.py::test_process_pool_gives_the_same_features).
+@pytest.mark.slow
 def test_rates_positive_and_features_are_extract_features(tmp_path):
     threads = torch.get_num_threads()
     try:

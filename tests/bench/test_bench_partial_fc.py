@@ -2,15 +2,16 @@
 
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `bench` is a top-level folder of the repository, not an installed package
-    sys.path.insert(0, str(ROOT))
+import pytest
 
-from bench import bench_partial_fc  # noqa: E402
+from bench import bench_partial_fc  # bench/: a folder of the repository (pytest's pythonpath)
 
 
+# slow (~10 s: a python process per row): a benchmark at smoke size. Default coverage: the
+# module imports (test_bench_modules.py); Partial FC itself
+# (tests/distributed/test_shares_and_partial_fc.py).
+@pytest.mark.slow
 def test_rows_measured_in_subprocesses_and_written(tmp_path):
     out = tmp_path / "rows.json"
     # C=2M at d=32 needs 2.1 x 0.7-0.8 GiB computed: over the 0.5 GiB budget, so it is listed but not run

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["tests", "throughput", "loader", "partial_fc", "ijb_features", "train_loop"]
 
@@ -18,6 +20,11 @@ def run_script(out: Path, **settings: str) -> tuple[int, list[str]]:
     return proc.returncode, (out / "summary.txt").read_text().splitlines()
 
 
+# slow (~30-45 s: six python processes import torch): run it before a device call,
+# `pytest -m slow tests/bench/test_gpu_check.py`. The script's plumbing (every step run and
+# recorded, a failing step not stopping the others) stays in the default suite:
+# test_a_failing_step_does_not_stop_the_others.
+@pytest.mark.slow
 def test_every_step_runs_and_logs(tmp_path):
     rc, summary = run_script(tmp_path)
     assert rc == 0, summary

@@ -12,17 +12,12 @@ import torch
 from facelab.config import config_from_dict
 from facelab.data import check as check_mod
 from facelab.data import open_training_set
-from facelab.data.check import (
-    check_dataset,
-    check_workers,
-    decode_strict,
-    image_problem,
-    screen_stream,
-)
+from facelab.data.check import check_dataset, check_workers, screen_stream
 from facelab.data.folder import ImageFolderDataset
 from facelab.data.multi import open_training_data
 from facelab.data.recordio import MAGIC, pack_image, write_recordio
 from facelab.errors import FacelabError
+from facelab.images import decode_strict, image_problem
 from facelab.io import decode_image
 
 
@@ -50,7 +45,7 @@ def _zeroed(jpeg: bytes, n=64) -> bytes:
 def _png_crc_damaged(png: bytes) -> bytes:
     data = bytearray(png)
     idat = png.find(b"IDAT")
-    data[idat + 30] ^= 0x01  # one bit of compressed data: the chunk CRC no longer matches
+    data[idat + 30] ^= 0x01  # one bit of compressed data: the chunk CRC then fails
     return bytes(data)
 
 
@@ -184,8 +179,8 @@ def test_skip_bad_leaves_them_out_with_labels_unchanged(tmp_path, preload):
 def test_preload_decodes_each_image_once(tmp_path, monkeypatch):
     root = _folder(tmp_path / "train", [3, 3])
     calls = []
-    real = check_mod._decode
-    monkeypatch.setattr(check_mod, "_decode", lambda data: calls.append(1) or real(data))
+    real = check_mod.decode_clean
+    monkeypatch.setattr(check_mod, "decode_clean", lambda data: calls.append(1) or real(data))
     monkeypatch.setattr(ImageFolderDataset, "_read", lambda *a: pytest.fail("decoded twice"))
     ds = open_training_set(root, preload=True)
     assert len(calls) == 6 and ds._cache is not None and ds._cache.shape == (6, 112, 112, 3)

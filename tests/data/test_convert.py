@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from facelab.cli import main
-from facelab.data.convert import convert, detect_format
+from facelab.data.convert import convert
 from facelab.data.folder import ImageFolderDataset
+from facelab.data.formats import FORMATS, detect_format
 from facelab.data.recordio import MAGIC, RecordIODataset, pack_image, write_recordio
 from facelab.errors import FacelabError
 from facelab.io import encode_image
@@ -43,13 +44,15 @@ def test_folder_rec_folder_keeps_bytes(folder, tmp_path):
     assert counts == {"src_format": "folder", "dst_format": "rec", "images": 6,
                       "classes": 3,  # carol holds no image: no class
                       "height": 10, "width": 8, "skipped": 0, "damaged": [], "undecodable": []}
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["property", "train.idx", "train.rec"]
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["property", "train.idx",
+                                                                     "train.rec"]
     assert (tmp_path / "rec" / "property").read_text().strip() == "3,10,8"
     back = tmp_path / "back"
     assert convert(tmp_path / "rec", back)["dst_format"] == "folder"
     assert _tree_bytes(back) == _tree_bytes(folder)
     assert sorted(p.name for p in back.iterdir()) == ["0", "1", "2", "property"]  # no skipped.csv
-    assert sorted(p.name for p in (back / "0").iterdir()) == ["00000000.jpg", "00000001.png", "00000002.jpg"]
+    assert sorted(p.name for p in (back / "0").iterdir()) == ["00000000.jpg", "00000001.png",
+                                                              "00000002.jpg"]
 
 
 def test_rec_is_a_drop_in_for_the_folder(folder, tmp_path):
@@ -76,14 +79,15 @@ def test_rec_list_rec_is_identical(folder, tmp_path):
 
 
 def _damaged_plain_rec(path):
-    """4 plain image records (labels 0 1 0 1, no identity header, no .idx); record 1 loses its magic.
-    Returns (path, byte offset of record 1, encoded images)."""
+    """4 plain image records (labels 0 1 0 1, no identity header, no .idx); record 1 loses its
+    magic. Returns (path, byte offset of record 1, encoded images)."""
     blobs = [encode_image(np.full((4, 6, 3), 40 * k, np.uint8), ".png") for k in range(4)]
     blob, offsets = b"", []
     for k, image in enumerate(blobs):
         payload = pack_image(k % 2, image, id=k)
         offsets.append(len(blob))
-        blob += struct.pack("<II", MAGIC if k != 1 else 0, len(payload)) + payload + b"\0" * (-len(payload) % 4)
+        head = struct.pack("<II", MAGIC if k != 1 else 0, len(payload))
+        blob += head + payload + b"\0" * (-len(payload) % 4)
     path.write_bytes(blob)
     return path, offsets[1], blobs
 
@@ -92,15 +96,18 @@ def test_damaged_plain_record_is_counted(tmp_path, caplog):
     rec, off, blobs = _damaged_plain_rec(tmp_path / "plain.rec")
     counts = convert(rec, tmp_path / "out")
     assert (counts["images"], counts["classes"], counts["skipped"]) == (3, 2, 1)
-    assert [d.offset for d in counts["damaged"]] == [off] and "no magic" in counts["damaged"][0].reason
+    assert [d.offset for d in counts["damaged"]] == [off]
+    assert "no magic" in counts["damaged"][0].reason
     assert _tree_bytes(tmp_path / "out") == {0: [blobs[0], blobs[2]], 1: [blobs[3]]}
     rows = list(csv.reader((tmp_path / "out" / "skipped.csv").open()))
     assert rows[0] == ["source", "offset", "reason"] and len(rows) == 2
     assert rows[1][:2] == [str(rec), str(off)]
     assert "plain.rec: corrupt record at byte offset" in rows[1][2]
-    with caplog.at_level(logging.WARNING, logger="facelab"):  # the CLI: one warning line, count and offset
+    # the CLI: one warning line, count and offset
+    with caplog.at_level(logging.WARNING, logger="facelab"):
         assert main(["convert", str(rec), str(tmp_path / "o.rec")]) == 0
-    warning = [r.getMessage() for r in caplog.records if r.name == "facelab" and r.levelno == logging.WARNING]
+    warning = [r.getMessage() for r in caplog.records
+               if r.name == "facelab" and r.levelno == logging.WARNING]
     assert len(warning) == 1 and "1 skipped (1 damaged records, 0 images" in warning[0]
     assert f"the record at byte offset {off}: " in warning[0]
     assert str(tmp_path / "skipped.csv") in warning[0] and (tmp_path / "skipped.csv").is_file()
@@ -110,15 +117,18 @@ def test_damaged_plain_record_is_counted(tmp_path, caplog):
 def test_damaged_record_with_identity_header_is_counted(folder, tmp_path):
     convert(folder, tmp_path / "a", "rec")
     rec = tmp_path / "a" / "train.rec"
-    off = int((tmp_path / "a" / "train.idx").read_text().splitlines()[2].split("\t")[1])  # image 1 (alice)
+    # image 1 (alice)
+    off = int((tmp_path / "a" / "train.idx").read_text().splitlines()[2].split("\t")[1])
     data = bytearray(rec.read_bytes())
-    data[off + 4 : off + 8] = struct.pack("<I", 1 << 28)  # its length now runs past the end of the file
+    # its length then runs past the end of the file
+    data[off + 4 : off + 8] = struct.pack("<I", 1 << 28)
     rec.write_bytes(bytes(data))
     for name, drop_idx in (("b", False), ("c", True)):
         if drop_idx:
             (tmp_path / "a" / "train.idx").unlink()
         counts = convert(tmp_path / "a", tmp_path / name, "list")
-        assert (counts["images"], counts["skipped"], [d.offset for d in counts["damaged"]]) == (5, 1, [off])
+        damaged = [d.offset for d in counts["damaged"]]
+        assert (counts["images"], counts["skipped"], damaged) == (5, 1, [off])
         text = (tmp_path / name / "skipped.csv").read_text()
         assert text.startswith(f"source,offset,reason\n{rec},{off},")
         assert len((tmp_path / name / "list.txt").read_text().splitlines()) == 5
@@ -134,7 +144,8 @@ def test_unsorted_list_to_rec(tmp_path):
     blobs = [encode_image(np.full((4, 4, 3), v, np.uint8), ".png") for v in (10, 20, 30)]
     for i, blob in enumerate(blobs):
         (root / "imgs" / f"my face {i}.png").write_bytes(blob)
-    (root / "list.txt").write_text("imgs/my face 0.png 2\n\nimgs/my face 1.png 0\nimgs/my face 2.png 2\n")
+    (root / "list.txt").write_text("imgs/my face 0.png 2\n\nimgs/my face 1.png 0\n"
+                                   "imgs/my face 2.png 2\n")
     (root / "property").write_text("5,4,4\n")
     assert convert(root / "list.txt", tmp_path / "r.rec")["classes"] == 5
     ds = RecordIODataset(tmp_path / "r.rec")
@@ -157,7 +168,8 @@ def test_bad_inputs(folder, tmp_path):
     assert (tmp_path / "full" / "x").read_text() == "keep me"
     lst = tmp_path / "bad" / "list.txt"
     lst.parent.mkdir()
-    for text, msg in [("a.jpg\n", "line 1: expected"), ("ok.jpg 0\n/etc/passwd 1\n", "line 2: path"),
+    for text, msg in [("a.jpg\n", "line 1: expected"),
+                      ("ok.jpg 0\n/etc/passwd 1\n", "line 2: path"),
                       ("", "empty"), ("missing.jpg 0\n", "line 1: cannot read")]:
         lst.write_text(text)
         with pytest.raises(FacelabError, match=msg):
@@ -166,7 +178,8 @@ def test_bad_inputs(folder, tmp_path):
     match = "junk: no images to convert .1 left out.*train.rec: cannot decode"
     with pytest.raises(FacelabError, match=match):
         convert(tmp_path / "junk", tmp_path / "o2")
-    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))  # temporary folder removed
+    # temporary folder removed
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))
 
 
 def _jpeg(seed, hw=(24, 20)):
@@ -225,9 +238,8 @@ def test_undecodable_images_are_left_out_and_listed(tmp_path, to, caplog):
 def test_output_is_checked_writable_before_any_work(tmp_path, monkeypatch):
     _bad_folder(tmp_path / "src")
     (tmp_path / "afile").write_text("a file, not a folder")
-    import facelab.data.convert as convert_mod
-
-    monkeypatch.setattr(convert_mod, "_open_folder", lambda *a: pytest.fail("read the source"))
+    unread = FORMATS["folder"]._replace(read=lambda *a: pytest.fail("read the source"))
+    monkeypatch.setitem(FORMATS, "folder", unread)
     for dst in (tmp_path / "afile" / "out", tmp_path / "afile" / "out.rec"):
         with pytest.raises(FacelabError, match=r"afile: output folder is not writable"):
             convert(tmp_path / "src", dst, "rec")

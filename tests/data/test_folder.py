@@ -39,7 +39,8 @@ def test_preload_and_workers_give_identical_batches(folder):
     two = list(DataLoader(lazy, batch_sampler=sampler, num_workers=2))
     mem = list(DataLoader(cached, batch_sampler=sampler, num_workers=0))
     for (a, la), (b, lb), (c, lc) in zip(one, two, mem, strict=True):
-        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(la, lb) and torch.equal(la, lc)
+        assert torch.equal(a, b) and torch.equal(a, c)
+        assert torch.equal(la, lb) and torch.equal(la, lc)
 
 
 def test_bad_folders(folder, tmp_path_factory):

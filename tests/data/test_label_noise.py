@@ -1,5 +1,5 @@
-"""`run_synth(label_noise=P)`: round(P·N) training photos filed under another identity, every file consistent
-with the move, ground truth in label_noise.csv, and P = 0 the noise-free output of before."""
+"""`run_synth(label_noise=P)`: round(P·N) training photos filed under another identity, every file
+consistent with the move, ground truth in label_noise.csv, and P = 0 the noise-free output."""
 
 import csv
 import json
@@ -41,14 +41,16 @@ def test_fraction_is_exact_and_every_move_is_consistent(clean_and_noisy):
     for image, (true_id, assigned) in moved.items():
         folder, name = image.split("/")
         assert assigned != true_id and int(folder) == assigned
-        original = f"{true_id:05d}/{name.split('-')[1]}"  # <assigned>/<true>-<n>.jpg came from <true>/<n>.jpg
+        # <assigned>/<true>-<n>.jpg came from <true>/<n>.jpg
+        original = f"{true_id:05d}/{name.split('-')[1]}"
         assert not (noisy / "images" / original).exists() and original not in noisy_lm
         assert (noisy / "images" / image).read_bytes() == (clean / "images" / original).read_bytes()
         assert noisy_lm[image] == clean_lm[original]
         assert int(attrs[image][id_col]) == assigned
     untouched = set(noisy_lm) - set(moved)
     assert all(noisy_lm[i] == clean_lm[i] for i in untouched)
-    on_disk = {p.relative_to(noisy / "images").as_posix() for p in (noisy / "images").rglob("*.jpg")}
+    on_disk = {p.relative_to(noisy / "images").as_posix()
+               for p in (noisy / "images").rglob("*.jpg")}
     assert on_disk == set(noisy_lm)
     params = json.loads((noisy / "synth.json").read_text())["params"]
     assert params["label_noise"] == 0.25
@@ -82,5 +84,6 @@ def test_bad_fraction_is_refused(tmp_path, p):
 def test_cli_flag_reaches_the_generator(tmp_path, capsys):
     from facelab.cli import main
 
-    assert main(["synth", str(tmp_path / "x"), "--identities", "3", "--pairs", "0", "--label-noise", "1.5"]) == 2
+    assert main(["synth", str(tmp_path / "x"), "--identities", "3", "--pairs", "0",
+                 "--label-noise", "1.5"]) == 2
     assert "label_noise" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""make_loader: persistent workers give the single-process batches, epoch after epoch, from any position."""
+"""make_loader: persistent workers give the single-process batches, epoch after epoch, from any
+position."""
 
 import os
 
@@ -12,7 +13,8 @@ from facelab.errors import FacelabError
 
 
 class _Items(Dataset):
-    """Item (index, flip) -> (tensor [2]: index and flip, label index % 3, pid of the process that loaded it)."""
+    """Item (index, flip) -> (tensor [2]: index and flip, label index % 3, pid of the process that
+    loaded it)."""
 
     def __len__(self) -> int:
         return 20
@@ -23,7 +25,8 @@ class _Items(Dataset):
 
 
 def _epochs(loader, sampler, positions):
-    """[(items [B, 2], labels [B], pids)] of every batch, entering each (epoch, batch) position in turn."""
+    """[(items [B, 2], labels [B], pids)] of every batch, entering each (epoch, batch) position in
+    turn."""
     out = []
     for epoch, batch in positions:
         sampler.set_position(epoch, batch)
@@ -35,7 +38,8 @@ def test_workers_match_single_process_across_epochs():
     positions = [(0, 0), (1, 0), (2, 3)]  # a resumed epoch starts mid-way
     s0, s2 = EpochBatchSampler(20, 4, seed=7), EpochBatchSampler(20, 4, seed=7)
     ref = _epochs(make_loader(_Items(), s0, 0, torch.device("cpu")), s0, positions)
-    loader = make_loader(_Items(), s2, 2, torch.device("cpu"))  # created once, as in the training loop
+    # created once, as in the training loop
+    loader = make_loader(_Items(), s2, 2, torch.device("cpu"))
     got = _epochs(loader, s2, positions)
     assert len(ref) == len(got) == 5 + 5 + 2
     for (x0, y0, _), (x2, y2, _) in zip(ref, got, strict=True):
@@ -43,13 +47,15 @@ def test_workers_match_single_process_across_epochs():
     assert {pid for _, _, p in ref for pid in p} == {os.getpid()}
     first = {pid for _, _, p in got[:5] for pid in p}
     later = {pid for _, _, p in got[5:] for pid in p}
-    assert os.getpid() not in first and later <= first  # the same worker processes serve every epoch
+    # the same worker processes serve every epoch
+    assert os.getpid() not in first and later <= first
 
 
 def test_options_and_bad_values():
     sampler = EpochBatchSampler(20, 4, seed=0)
     assert make_loader(_Items(), sampler, 0, torch.device("cpu")).pin_memory is False
-    cuda = make_loader(_Items(), sampler, 1, torch.device("cuda"), prefetch_factor=3)  # built, never iterated
+    # built, never iterated
+    cuda = make_loader(_Items(), sampler, 1, torch.device("cuda"), prefetch_factor=3)
     assert cuda.pin_memory and cuda.persistent_workers and cuda.prefetch_factor == 3
     for workers in (-1, 1.5, True):
         with pytest.raises(FacelabError, match="data.workers"):
@@ -66,8 +72,9 @@ def test_to_device_moves_tensors_and_dicts():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_starting_epochs_leaves_the_global_rng_alone(workers):
-    """The training step's random draws (ElasticFace margins, random miners) come from torch's global RNG,
-    which a checkpoint restores; starting an epoch must not consume it, or a resumed run draws differently."""
+    """The training step's random draws (ElasticFace margins, random miners) come from torch's
+    global RNG, which a checkpoint restores; starting an epoch must not consume it, or a resumed run
+    draws differently."""
     sampler = EpochBatchSampler(20, 4, seed=0)
     loader = make_loader(_Items(), sampler, workers, torch.device("cpu"))
     torch.manual_seed(5)

@@ -1,11 +1,18 @@
-"""Multi-dataset union (label offsets) and the fixed-share batch sampler; the data.datasets config."""
+"""Multi-dataset union (label offsets) and the fixed-share batch sampler; the data.datasets
+config."""
 
 import numpy as np
 import pytest
 import torch
 
 from facelab.config import config_from_dict
-from facelab.data.multi import DatasetShareSampler, UnionDataset, batch_shares, dataset_of, open_training_data
+from facelab.data.multi import (
+    DatasetShareSampler,
+    UnionDataset,
+    batch_shares,
+    dataset_of,
+    open_training_data,
+)
 from facelab.errors import FacelabError
 
 
@@ -54,14 +61,16 @@ def test_every_batch_has_the_fixed_share_and_resume_and_ranks():
     assert list(s) == batches[3:]  # resume mid-epoch
     s.set_position(1, 0)
     assert list(s) != batches
-    parts = [DatasetShareSampler(sizes, [1.0, 3.0], 16, seed=7, rank=r, world_size=2) for r in (0, 1)]
+    parts = [DatasetShareSampler(sizes, [1.0, 3.0], 16, seed=7, rank=r, world_size=2)
+             for r in (0, 1)]
     for whole, p0, p1 in zip(batches, *parts, strict=True):
         assert sorted(p0 + p1) == sorted(whole) and len(p0) == len(p1) == 8
         assert sum(i < 50 for i, _ in p0) == 2  # every rank gets its fixed part of each dataset
 
 
 def test_config_lists_of_datasets(tmp_path):
-    cfg = config_from_dict({"data": {"datasets": [{"path": "x", "weight": 2}, {"path": "y", "name": "B"}]}})
+    entries = [{"path": "x", "weight": 2}, {"path": "y", "name": "B"}]
+    cfg = config_from_dict({"data": {"datasets": entries}})
     assert cfg.data.datasets[0].weight == 2.0 and cfg.data.datasets[1].name == "B"
     with pytest.raises(FacelabError, match="unknown key 'data.datasets\\[0\\].wieght'"):
         config_from_dict({"data": {"datasets": [{"path": "x", "wieght": 2}]}})
@@ -80,7 +89,10 @@ def test_open_training_data_reads_folders(tmp_path):
         for c in range(ids):
             (tmp_path / name / f"id{c}").mkdir(parents=True)
             for k in range(2):
-                cv2.imwrite(str(tmp_path / name / f"id{c}" / f"{k}.png"), np.full((8, 8, 3), 10 * c, np.uint8))
-    cfg = config_from_dict({"data": {"datasets": [{"path": str(tmp_path / "A")}, {"path": str(tmp_path / "B")}]}})
+                cv2.imwrite(str(tmp_path / name / f"id{c}" / f"{k}.png"),
+                            np.full((8, 8, 3), 10 * c, np.uint8))
+    entries = [{"path": str(tmp_path / "A")}, {"path": str(tmp_path / "B")}]
+    cfg = config_from_dict({"data": {"datasets": entries}})
     u = open_training_data(cfg.data)
-    assert u.names == ["A", "B"] and u.offsets == [0, 2, 5] and u[(6, False)][1] == 2 + 1  # B image 2 is of B class 1
+    assert u.names == ["A", "B"] and u.offsets == [0, 2, 5]
+    assert u[(6, False)][1] == 2 + 1  # B image 2 is of B class 1

@@ -29,7 +29,8 @@ def test_round_trip(tmp_path):
 
 def test_reads_insightface_layout_with_png_bytes_and_numpy_arrays(tmp_path):
     ims = _smooth_images(4, seed=3)
-    bins = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1] for im in ims]  # numpy uint8 arrays
+    # numpy uint8 arrays
+    bins = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1] for im in ims]
     bins[1] = bins[1].tobytes()  # and raw bytes mixed in
     (tmp_path / "x.bin").write_bytes(pickle.dumps((bins, [False, True]), protocol=2))
     images, same = load_bin(tmp_path / "x.bin")

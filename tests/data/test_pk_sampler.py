@@ -69,8 +69,10 @@ def test_siamese_pairs_follow_the_positive_fraction():
     ({"sampler": "pk", "pk_k": 3, "batch_size": 8}, "multiple of 3"),
     ({"sampler": "pk", "pk_k": 2, "batch_size": 16}, "P = 8 identities"),
     ({"sampler": "pk", "pk_k": 1, "batch_size": 16}, "config data.pk_k: 1 is invalid"),
-    ({"sampler": "siamese", "positive_fraction": 1.5, "batch_size": 8}, "config data.positive_fraction"),
-    ({"sampler": "pk", "adaptive_sampling": {"enabled": True}}, "config data.sampler: 'pk' is invalid"),
+    ({"sampler": "siamese", "positive_fraction": 1.5, "batch_size": 8},
+     "config data.positive_fraction"),
+    ({"sampler": "pk", "adaptive_sampling": {"enabled": True}},
+     "config data.sampler: 'pk' is invalid"),
     ({"sampler": "random"}, "config data.sampler: 'random' is invalid"),
 ])
 def test_bad_sampler_config_is_one_clear_error(data, match):
@@ -81,5 +83,5 @@ def test_bad_sampler_config_is_one_clear_error(data, match):
 
 def test_uniform_leaves_the_default_sampler():
     assert build_label_sampler(LABELS, config_from_dict({})) is None
-    assert isinstance(build_label_sampler(LABELS, config_from_dict({"data": {"sampler": "pk", "batch_size": 8}})),
-                      PKBatchSampler)
+    pk = config_from_dict({"data": {"sampler": "pk", "batch_size": 8}})
+    assert isinstance(build_label_sampler(LABELS, pk), PKBatchSampler)

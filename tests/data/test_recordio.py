@@ -104,14 +104,16 @@ def test_payload_with_magic_is_split_like_mxnet():
             + struct.pack("<II", MAGIC, (3 << 29) | 9) + b"x" + MAGIC_LE + b"tail" + b"\0\0\0")
     assert pack_record(payload) == want
     assert read_record(want + pack_record(b"next"), 0, "mem") == (payload, len(want))
-    assert pack_record(MAGIC_LE) == struct.pack("<II", MAGIC, 1 << 29) + struct.pack("<II", MAGIC, 3 << 29)
+    assert pack_record(MAGIC_LE) == (struct.pack("<II", MAGIC, 1 << 29)
+                                     + struct.pack("<II", MAGIC, 3 << 29))
     assert read_record(pack_record(MAGIC_LE), 0, "mem")[0] == MAGIC_LE
 
 
 def test_split_image_bytes_round_trip(tmp_path):
     blobs = [b"\x01\x02\x03\x04" + MAGIC_LE * 3 + b"z", MAGIC_LE + b"q"]
     write_recordio(tmp_path, [(0, blobs[0]), (1, blobs[1])], 2, 8)
-    assert (tmp_path / "train.rec").read_bytes().count(MAGIC_LE) > 2 + 2 + 3  # extra chunk heads were written
+    # extra chunk heads were written
+    assert (tmp_path / "train.rec").read_bytes().count(MAGIC_LE) > 2 + 2 + 3
     for path in (tmp_path, tmp_path / "train.rec"):
         ds = RecordIODataset(path)
         assert [ds.raw(i) for i in range(2)] == [(blobs[0], 0), (blobs[1], 1)]
@@ -146,7 +148,8 @@ def test_plain_records_with_multi_labels(tmp_path):
                 for k, (lab, im) in enumerate(zip([1, 0, 1], images, strict=True))]
     _write_plain(tmp_path / "data.rec", payloads)
     ds = RecordIODataset(tmp_path / "data.rec")  # (1, 9) cannot be a header range: 3 records only
-    assert len(ds) == 3 and ds.labels.tolist() == [1, 0, 1] and ds.num_classes == 2 and ds.size is None
+    assert len(ds) == 3 and ds.labels.tolist() == [1, 0, 1]
+    assert ds.num_classes == 2 and ds.size is None
     assert np.array_equal(ds[2][0], images[2])
 
 
@@ -155,7 +158,8 @@ def test_truncated_file(tmp_path, caplog):
     rec = tmp_path / "data.rec"
     offsets = _write_plain(rec, payloads)
     rec.write_bytes(rec.read_bytes()[:-10])
-    with pytest.raises(FacelabError, match=rf"data.rec: truncated record at byte offset {offsets[3]}\b"):
+    truncated = rf"data.rec: truncated record at byte offset {offsets[3]}\b"
+    with pytest.raises(FacelabError, match=truncated):
         RecordFile(rec, rec.with_suffix(".idx")).read(3)
     with caplog.at_level(logging.WARNING):
         scanned = RecordFile(rec)
@@ -167,7 +171,8 @@ def test_truncated_file(tmp_path, caplog):
     assert [d.offset for d in scanned.damaged] == [offsets[3]]
     with_idx = RecordIODataset(rec)
     rec.with_suffix(".idx").unlink()
-    for ds in (with_idx, RecordIODataset(rec)):  # the damaged record is left out of a plain file, and listed
+    # the damaged record is left out of a plain file, and listed
+    for ds in (with_idx, RecordIODataset(rec)):
         assert len(ds) == 3 and ds.raw(2) == (bytes([2]) * 30, 2)
         assert len(ds.damaged) == 1 and ds.damaged[0].offset == offsets[3]
         assert "truncated record" in ds.damaged[0].reason
@@ -186,7 +191,8 @@ def test_damaged_plain_record_is_listed(tmp_path, idx, caplog):
         rec.with_suffix(".idx").unlink()
     with caplog.at_level(logging.WARNING):
         ds = RecordIODataset(rec)
-    assert caplog.text.count(f"byte offset {offsets[1]}") == 1  # one warning, although scan and index meet it
+    # one warning, although scan and index meet it
+    assert caplog.text.count(f"byte offset {offsets[1]}") == 1
     assert len(ds) == 3 and ds.labels.tolist() == [0, 0, 1]
     assert [np.array_equal(ds[i][0], images[k]) for i, k in enumerate((0, 2, 3))] == [True] * 3
     assert [d.offset for d in ds.damaged] == [offsets[1]] and "no magic" in ds.damaged[0].reason
@@ -209,15 +215,19 @@ def test_corrupt_record_in_the_middle(rec_dir, damage, caplog):
     with caplog.at_level(logging.WARNING):
         scanned = RecordIODataset(root)
     assert f"byte offset {off}" in caplog.text
-    assert [d.offset for d in scanned.damaged] == [off] and with_idx.damaged == []  # .idx: found on reading
+    # with an .idx the damage is found on reading
+    assert [d.offset for d in scanned.damaged] == [off] and with_idx.damaged == []
     for ds in (with_idx, scanned):
         with pytest.raises(DamagedRecord, match=f"train.rec: .* at byte offset {off}"):
             ds[2]
         for i in (0, 1, 3, 4):
             assert np.array_equal(ds[i][0], images[i]) and ds[i][1] == labels[i]
-        got = list(ds.readable())  # the identity-header layout: the damaged image is left out and listed
-        assert [i for i, _, _ in got] == [0, 1, 3, 4] and [lab for _, _, lab in got] == labels[:2] + labels[3:]
-        assert [d.offset for d in ds.damaged] == [off] and f"byte offset {off}" in ds.damaged[0].reason
+        # the identity-header layout: the damaged image is left out and listed
+        got = list(ds.readable())
+        assert [i for i, _, _ in got] == [0, 1, 3, 4]
+        assert [lab for _, _, lab in got] == labels[:2] + labels[3:]
+        assert [d.offset for d in ds.damaged] == [off]
+        assert f"byte offset {off}" in ds.damaged[0].reason
 
 
 def test_label_disagreeing_with_identity_record(rec_dir):
@@ -229,7 +239,8 @@ def test_label_disagreeing_with_identity_record(rec_dir):
     rec.write_bytes(bytes(data))
     with pytest.raises(FacelabError, match="record 1 at byte offset .* has label 3"):
         RecordIODataset(root)[0]
-    with pytest.raises(FacelabError, match="has label 3"):  # not damage: readable() does not skip it
+    # not damage: readable() does not skip it
+    with pytest.raises(FacelabError, match="has label 3"):
         list(RecordIODataset(root).readable())
 
 
@@ -271,8 +282,8 @@ def test_bad_inputs(tmp_path, rec_dir):
     with pytest.raises(FacelabError, match="announces 5 labels"):
         unpack_image(struct.pack("<IfQQ", 5, 0, 0, 0), "mem")
     out = tmp_path / "out"
-    for samples, msg in [([(4, b"x")], "label 4"), ([(-1, b"x")], "label -1"), ([(0, "str")], "bytes"),
-                         ([(0, b"")], "bytes"), ([], "no images")]:
+    for samples, msg in [([(4, b"x")], "label 4"), ([(-1, b"x")], "label -1"),
+                         ([(0, "str")], "bytes"), ([(0, b"")], "bytes"), ([], "no images")]:
         with pytest.raises(FacelabError, match=msg):
             write_recordio(out, samples, 4, 8)
     assert not out.exists() or not any(out.iterdir())  # nothing half-written, no temporaries left
@@ -280,8 +291,8 @@ def test_bad_inputs(tmp_path, rec_dir):
 
 @pytest.mark.parametrize("cut", ["inside a record", "at a record boundary"])
 def test_truncated_insightface_file_without_idx_says_truncated(rec_dir, cut):
-    """Read as a plain file, the header record (labels a=6, b=10) used to be an image of label 6:
-    'label 6 >= 4 classes'. It is a file that lost its end, said with where it ends."""
+    """Read as a plain file, the header record (labels a=6, b=10) would be an image of label 6
+    ('label 6 >= 4 classes'); it is a file that lost its end, and the error says where it ends."""
     root, _, _ = rec_dir
     rec = root / "train.rec"
     offsets = _idx_offsets(root / "train.idx")  # 1 header + 5 images + 4 identities

@@ -11,10 +11,18 @@ import numpy as np
 import pytest
 
 from facelab.data.pairsets import load_bin
-from facelab.data.synthetic import FIRST_VERIFICATION_ID, FRAME, make_identity, render, run_synth, sample_nuisance
+from facelab.data.synthetic import (
+    FIRST_VERIFICATION_ID,
+    FRAME,
+    make_identity,
+    render,
+    run_synth,
+    sample_nuisance,
+)
 from facelab.data.synthetic import dataset as synth_dataset
-from facelab.data.synthetic.dataset import MANIFEST, PARTIAL, encode_jpeg
+from facelab.data.synthetic.dataset import MANIFEST, PARTIAL
 from facelab.data.synthetic.pairs import PAIR_SETS, plan_pairs
+from facelab.data.synthetic.photo import encode_jpeg
 from facelab.errors import FacelabError
 
 N_ID, PER_ID, SEED, PAIRS = 3, 2, 5, 20
@@ -34,8 +42,8 @@ def _rows(path: Path) -> list[dict]:
 
 def _clean(index: int = 1, **changes):
     n = sample_nuisance(np.random.default_rng(index), "clean")
-    base = dict(yaw=0.0, pitch=0.0, roll=0.0, gaze_x=0.0, gaze_y=0.0, cx=FRAME / 2, cy=FRAME / 2, face_px=80.0,
-                resolution=80.0, noise=0.0, blur=0.0)
+    base = dict(yaw=0.0, pitch=0.0, roll=0.0, gaze_x=0.0, gaze_y=0.0, cx=FRAME / 2, cy=FRAME / 2,
+                face_px=80.0, resolution=80.0, noise=0.0, blur=0.0)
     return replace(n, **{**base, **changes})
 
 
@@ -59,7 +67,8 @@ def test_same_inputs_give_identical_pixels_and_jpeg_bytes():
 
 
 def test_eye_distance_follows_cos_yaw_and_keeps_left_right_order():
-    """Orthographic truth: eyes at head x = +-eye_x (same y, z) project at distance eye_x * face_px * cos(yaw)."""
+    """Orthographic truth: eyes at head x = +-eye_x (same y, z) project at distance
+    eye_x * face_px * cos(yaw)."""
     ident = make_identity(0, 4)
     for deg in (0, 20, 45, 70, -70):
         lm = render(ident, _clean(yaw=math.radians(deg)))[1]
@@ -67,15 +76,18 @@ def test_eye_distance_follows_cos_yaw_and_keeps_left_right_order():
         assert dist > 0  # left eye (smaller x) first
         assert dist == pytest.approx(ident.eye_x * 80.0 * math.cos(math.radians(deg)), rel=1e-6)
         assert abs(lm[1, 1] - lm[0, 1]) < 1e-6  # no roll/pitch: eyes level
-    nose_dx = [render(ident, _clean(yaw=math.radians(d)))[1][2, 0] - FRAME / 2 for d in (-40, 0, 40)]
-    assert nose_dx[0] < -5 and abs(nose_dx[1]) < 1e-6 and nose_dx[2] > 5  # yaw > 0 turns the face to image right
+    nose_dx = [render(ident, _clean(yaw=math.radians(d)))[1][2, 0] - FRAME / 2
+               for d in (-40, 0, 40)]
+    # yaw > 0 turns the face to image right
+    assert nose_dx[0] < -5 and abs(nose_dx[1]) < 1e-6 and nose_dx[2] > 5
     lm = render(ident, _clean(roll=math.radians(30)))[1]
-    assert math.degrees(math.atan2(lm[1, 1] - lm[0, 1], lm[1, 0] - lm[0, 0])) == pytest.approx(30, abs=1e-6)
+    angle = math.degrees(math.atan2(lm[1, 1] - lm[0, 1], lm[1, 0] - lm[0, 0]))
+    assert angle == pytest.approx(30, abs=1e-6)
 
 
 def test_landmarks_sit_on_the_rendered_pupils():
-    """In a clean frontal photo the projected eye centres fall on the drawn (black) pupils: far darker than
-    the cheek just below the eye."""
+    """In a clean frontal photo the projected eye centres fall on the drawn (black) pupils: far
+    darker than the cheek just below the eye."""
     for index in range(6):
         ident = make_identity(2, index)
         n = _clean(index, eyes_closed=0.0, smile=0.0, occlusion="none")
@@ -83,14 +95,16 @@ def test_landmarks_sit_on_the_rendered_pupils():
         bright = img.max(-1).astype(float)
         for x, y in lm[:2]:
             xi, yi = int(round(x)), int(round(y))
-            cheek = np.median(bright[yi + 12:yi + 17, xi - 2:xi + 3])  # 0.3-0.4 head units below the eye
+            # 0.3-0.4 head units below the eye
+            cheek = np.median(bright[yi + 12:yi + 17, xi - 2:xi + 3])
             assert bright[yi - 1:yi + 2, xi - 1:xi + 2].min() < 0.5 * cheek, index
 
 
 def test_landmarks_csv_is_inside_the_frame_and_matches_the_renderer(synth):
     rows = _rows(synth / "landmarks.csv")
     assert list(rows[0]) == ["image", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"]
-    assert [r["image"] for r in rows] == [f"{i:05d}/{n:02d}.jpg" for i in range(N_ID) for n in range(PER_ID)]
+    assert [r["image"] for r in rows] == [f"{i:05d}/{n:02d}.jpg"
+                                          for i in range(N_ID) for n in range(PER_ID)]
     pts = np.array([[float(r[k]) for k in list(r)[1:]] for r in rows]).reshape(-1, 5, 2)
     assert (pts > 0).all() and (pts < FRAME).all()
     assert (pts[:, 1, 0] > pts[:, 0, 0]).all()
@@ -102,14 +116,15 @@ def test_landmarks_csv_is_inside_the_frame_and_matches_the_renderer(synth):
 def test_attributes_csv_has_every_column_for_every_image(synth):
     rows = _rows(synth / "attributes.csv")
     assert len(rows) == N_ID * PER_ID
-    need = {"image", "identity", "yaw_deg", "pitch_deg", "roll_deg", "smile", "mouth_open", "eyes_closed",
-            "light_az_deg", "light_el_deg", "light", "ambient", "blur", "noise", "resolution", "face_px", "jpeg",
-            "occlusion", "occlusion_frac"}
+    need = {"image", "identity", "yaw_deg", "pitch_deg", "roll_deg", "smile", "mouth_open",
+            "eyes_closed", "light_az_deg", "light_el_deg", "light", "ambient", "blur", "noise",
+            "resolution", "face_px", "jpeg", "occlusion", "occlusion_frac"}
     assert need <= set(rows[0])
     for r in rows:
         assert all(v != "" for v in r.values())
         assert int(r["identity"]) == int(r["image"].split("/")[0])
-        assert abs(float(r["yaw_deg"])) <= 90 and 0 < float(r["resolution"]) <= float(r["face_px"]) + 1e-6
+        assert abs(float(r["yaw_deg"])) <= 90
+        assert 0 < float(r["resolution"]) <= float(r["face_px"]) + 1e-6
         assert (synth / "images" / r["image"]).is_file()
     manifest = json.loads((synth / MANIFEST).read_text())
     assert manifest["counts"]["images"] == N_ID * PER_ID and not (synth / PARTIAL).exists()
@@ -121,7 +136,8 @@ def test_photos_are_rgb_jpegs_of_the_rendered_image(synth):
     n = sample_nuisance(synth_dataset.photo_rng(SEED, 2, 1), "mixed")
     expected = render(make_identity(SEED, 2), n)[0].astype(float)
     got = read_image(synth / "images" / "00002" / "01.jpg").astype(float)
-    assert np.abs(got - expected).mean() < 12  # JPEG error only (a BGR/RGB swap would be far larger)
+    # JPEG error only (a BGR/RGB swap would be far larger)
+    assert np.abs(got - expected).mean() < 12
     assert np.abs(got[..., ::-1] - expected).mean() > np.abs(got - expected).mean()
 
 
@@ -144,7 +160,8 @@ def test_pair_sets_are_balanced_per_fold_and_use_unseen_identities(synth, name):
     for r in rows:
         assert (r["left_identity"] == r["right_identity"]) == (r["same"] == "1")
     if name == "synth-cfp":
-        assert all(abs(float(r["left_yaw_deg"])) < 10 and abs(float(r["right_yaw_deg"])) > 60 for r in rows)
+        assert all(abs(float(r["left_yaw_deg"])) < 10 and abs(float(r["right_yaw_deg"])) > 60
+                   for r in rows)
     if name == "synth-lowres":
         assert all(float(r["right_resolution"]) <= 9 for r in rows)
 
@@ -157,9 +174,9 @@ def test_pair_plan_is_balanced_for_the_default_size():
     assert len({(a, b) for _, _, a, b in plan}) > 2900  # pairs are (nearly all) distinct
 
 
-BAD = [dict(identities=0), dict(identities=-2), dict(images_per_identity=0), dict(pairs=30), dict(pairs=-20),
-       dict(seed=-1), dict(workers=0), dict(identities=True), dict(identities=2.5),
-       dict(identities=FIRST_VERIFICATION_ID)]
+BAD = [dict(identities=0), dict(identities=-2), dict(images_per_identity=0), dict(pairs=30),
+       dict(pairs=-20), dict(seed=-1), dict(workers=0), dict(identities=True),
+       dict(identities=2.5), dict(identities=FIRST_VERIFICATION_ID)]
 
 
 @pytest.mark.parametrize("kwargs", BAD)
@@ -208,10 +225,12 @@ def test_interrupted_run_is_not_complete_and_is_regenerated(tmp_path, monkeypatc
     monkeypatch.setattr(synth_dataset, "render", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_synth(out, 2, 2, 1, pairs=0, workers=1)
-    assert (out / PARTIAL).exists() and not (out / MANIFEST).exists() and not (out / "landmarks.csv").exists()
+    assert (out / PARTIAL).exists() and not (out / MANIFEST).exists()
+    assert not (out / "landmarks.csv").exists()
     monkeypatch.setattr(synth_dataset, "render", real)
     m = run_synth(out, 2, 2, 1, pairs=0, workers=1)
-    assert not m["reused"] and not (out / PARTIAL).exists() and len(_rows(out / "landmarks.csv")) == 4
+    assert not m["reused"] and not (out / PARTIAL).exists()
+    assert len(_rows(out / "landmarks.csv")) == 4
 
 
 def test_changed_parameters_regenerate_the_output(synth, tmp_path):

@@ -1,4 +1,5 @@
-"""Multi-dataset synthetic output: one identity pool, the chosen overlap, the truth CSV, the domain shift."""
+"""Multi-dataset synthetic output: one identity pool, the chosen overlap, the truth CSV, the domain
+shift."""
 
 import csv
 import json
@@ -6,7 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from facelab.data.synthetic.multi import overlap_rows, plan_datasets, run_multi_synth, shift_image, shift_nuisance
+from facelab.data.synthetic.multi import (
+    overlap_rows,
+    plan_datasets,
+    run_multi_synth,
+    shift_image,
+    shift_nuisance,
+)
 from facelab.data.synthetic.nuisance import sample_nuisance
 from facelab.errors import FacelabError
 
@@ -23,8 +30,10 @@ def test_plan_has_the_overlap_under_other_ids():
     rows = overlap_rows(plans, ["A", "B", "C"])
     assert len(rows) == 60
     for a_name, a_class, b_name, b_class, pool in rows:
-        assert a_name == "A" and plans[0][int(a_class)] == pool == plans["ABC".index(b_name)][int(b_class)]
-    assert plan_datasets(2, 50, 0.0, 0)[1] == [p for p in plan_datasets(2, 50, 0.0, 0)[1] if p >= 50]
+        assert a_name == "A"
+        assert plans[0][int(a_class)] == pool == plans["ABC".index(b_name)][int(b_class)]
+    no_overlap = plan_datasets(2, 50, 0.0, 0)[1]
+    assert no_overlap == [p for p in no_overlap if p >= 50]
 
 
 def test_domain_shift():
@@ -36,7 +45,8 @@ def test_domain_shift():
     img = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     assert np.array_equal(shift_image(img, "hires_colour"), img)
     grey = shift_image(img, "dark_lowres").astype(int)
-    assert np.abs(grey - grey.mean(axis=2, keepdims=True)).mean() < np.abs(img - img.mean(axis=2, keepdims=True)).mean()
+    colour = np.abs(img - img.mean(axis=2, keepdims=True)).mean()
+    assert np.abs(grey - grey.mean(axis=2, keepdims=True)).mean() < colour
 
 
 def test_writes_both_datasets_and_the_truth(tmp_path):
@@ -51,7 +61,8 @@ def test_writes_both_datasets_and_the_truth(tmp_path):
             attrs[name] = {r["identity"]: r["pool_identity"] for r in csv.DictReader(f)}
         assert len(list((out / name / "images").iterdir())) == 4
     for row in truth:  # the truth's classes hold the same pool identity in both datasets
-        assert attrs["A"][str(int(row["a_class"]))] == attrs["B"][str(int(row["b_class"]))] == row["pool_identity"]
+        a, b = attrs["A"][str(int(row["a_class"]))], attrs["B"][str(int(row["b_class"]))]
+        assert a == b == row["pool_identity"]
     assert json.loads((out / "multi.json").read_text())["params"]["overlap"] == 0.5
     assert run_multi_synth(out, 2, 4, 2, 0.5, seed=1, pairs=0, workers=1) == m  # reused
     with pytest.raises(FacelabError, match="overlap"):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from facelab.distill.ddl import DDLLoss, branch_similarities, kl_divergence, soft_histogram
 from facelab.errors import FacelabError
+from facelab.losses.ddl import DDLLoss, branch_similarities, kl_divergence, soft_histogram
 
 BINS = 40  # the transcription is slow in pure Python; the module default (1000) is checked separately
 

@@ -9,7 +9,7 @@ from facelab.config import load_config
 from facelab.demo import RECIPE
 from facelab.errors import FacelabError
 from facelab.experiments.common import prepare_synth
-from facelab.train.checkpoint import load_checkpoint
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
 
 

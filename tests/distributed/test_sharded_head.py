@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from facelab.distributed.loss import sharded_correct
+from facelab.distributed.ops import gather_rows
 from facelab.distributed.spawn import spawn
 from facelab.heads import build_head
+from facelab.heads.cross_entropy import correct as logits_correct
 from facelab.heads.margins import MARGINS
 
 pytestmark = pytest.mark.distributed
@@ -48,12 +49,20 @@ def heads(margin, rank, size, classes=C, **classifier_kwargs):
     return full, shard, rows
 
 
+def forward(head, embeddings, labels):
+    """(HeadOutput, labels of its rows): a sharded head gets the batch gathered from every rank, as FaceTask
+    hands it."""
+    if head.sharded:
+        embeddings, labels = gather_rows(embeddings), gather_rows(labels)  # [N·b, d], [N·b]
+    return head.forward_with_logits(embeddings, labels), labels
+
+
 def run(head, net, x, labels, steps=2):
     """Two forward/backward passes (stateful margins update in between); returns the last losses."""
     for step in range(steps):
         head.zero_grad(), net.zero_grad()
         torch.manual_seed(10 + step)  # ElasticFace draws its margins from the global RNG
-        losses = head(net(x), labels)
+        losses = forward(head, net(x), labels)[0].losses
         losses["loss"].backward()
     return {k: v.item() for k, v in losses.items()}
 
@@ -66,10 +75,11 @@ def run_sampled(full, shard, net_full, net, x, labels, mine, steps=2):
         for module in (full, shard, net_full, net):
             module.zero_grad()
         torch.manual_seed(10 + step)
-        got = shard(net(x[mine]), labels[mine])
+        out = forward(shard, net(x[mine]), labels[mine])[0]
+        got = out.losses
         got["loss"].backward()
         parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, shard.classifier.columns.tolist())
+        torch.distributed.all_gather_object(parts, out.columns.tolist())
         union = torch.tensor(sum(parts, []))  # sorted class ids: rank ranges are in class order
         full.classifier.sampled_classes = lambda local, union=union: union  # one process: local = global ids
         torch.manual_seed(10 + step)
@@ -134,20 +144,23 @@ def partial_fc_error(rank, size):
     g = torch.Generator().manual_seed(4)
     x, labels = torch.randn(B, D, generator=g, dtype=torch.float64), torch.randint(0, 40, (B,), generator=g)
     mine = slice(rank * B // size, (rank + 1) * B // size)
-    losses, logits = shard.forward_with_logits(x[mine], labels[mine])
-    correct = sharded_correct(logits, shard.batch_labels, clf.start, clf.columns)  # [B]
+    out, y = forward(shard, x[mine], labels[mine])  # y: the gathered labels [B]
+    losses = out.losses
+    correct = shard.correct(out, y)  # [B]
+    same = torch.equal(correct, logits_correct(out.logits, y, out.columns, size))
     parts = [None] * size
-    torch.distributed.all_gather_object(parts, clf.columns.tolist())
+    torch.distributed.all_gather_object(parts, out.columns.tolist())
     union = torch.tensor(sum(parts, []))  # sorted: rank ranges are in class order
     ref = full.margin(full.classifier(x, labels))[:, union]  # [B, U]
     ce = torch.nn.functional.cross_entropy(ref, torch.searchsorted(union, labels)).item()
     return {"loss": abs(losses["loss"].item() - ce), "columns": abs(len(union) - 10),
             "labels_kept": float(not set(labels.tolist()) <= set(union.tolist())),
-            "correct": float(not torch.equal(correct, union[ref.argmax(dim=1)] == labels))}
+            "correct": float(not torch.equal(correct, union[ref.argmax(dim=1)] == labels)),
+            "gathered": float(not (torch.equal(y, labels) and same))}
 
 
 def correct_counts(rank, size):
-    """sharded_correct (the best logit over every rank's columns is the label's) against the argmax of the
+    """FaceHead.correct (the best logit over every rank's columns is the label's) against the argmax of the
     one-process logits; three samples are made right by construction (their centre is their embedding)."""
     torch.manual_seed(2)
     x, labels = batch()
@@ -159,10 +172,13 @@ def correct_counts(rank, size):
         for i in (0, 3, 6):
             full.classifier.weight[labels[i]] = emb[i]
         clf.weight.copy_(full.classifier.weight[clf.start : clf.end])
-    ref = full.forward_with_logits(emb, labels)[1].argmax(dim=1) == labels  # [B]
+    assert not full.sharded and shard.sharded
+    ref = full.forward_with_logits(emb, labels).logits.argmax(dim=1) == labels  # [B]
     mine = slice(rank * B // size, (rank + 1) * B // size)
-    logits = shard.forward_with_logits(emb[mine], labels[mine])[1]  # [B, C_local] of the gathered batch
-    got = sharded_correct(logits, shard.batch_labels, clf.start, clf.columns)
+    out, y = forward(shard, emb[mine], labels[mine])  # logits [B, C_local] of the gathered batch
+    assert out.logits.shape == (B, clf.num_local) and out.columns.tolist() == list(range(clf.start, clf.end))
+    got = shard.correct(out, y)
+    assert torch.equal(got, logits_correct(out.logits, y, out.columns, size))
     return {"mismatches": int((got != ref).sum()), "right": int(ref.sum())}
 
 
@@ -199,7 +215,7 @@ def test_sharded_partial_fc_equals_one_process_over_the_same_columns(errors, mar
 def test_sharded_partial_fc_is_the_softmax_over_the_sampled_columns(errors):
     for per_margin in errors:
         assert per_margin["partial_fc"] == {"loss": pytest.approx(0.0, abs=1e-9), "labels_kept": 0.0, "columns": 0,
-                                            "correct": 0.0}
+                                            "correct": 0.0, "gathered": 0.0}
 
 
 def test_sharded_correct_is_the_one_process_argmax(errors):

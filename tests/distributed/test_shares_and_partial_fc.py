@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from facelab.config import config_from_dict
 from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
 from facelab.distributed.batchnorm import GlobalBatchNorm, convert_batchnorm
-from facelab.distributed.partial_fc import generator, sample_columns, seeded_normal, seeded_uniform
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, build_head
+from facelab.heads.init import generator, seeded_normal, seeded_uniform
+from facelab.heads.partial_fc import sample_columns
 from facelab.train.task import FaceTask
 
 PREPROCESS = {"template": "arcface112", "size": 112, "colour": "RGB", "mean": 0.5, "std": 0.5}
@@ -84,8 +85,7 @@ def test_partial_fc_draws_resume_from_the_stored_step():
     def draws(clf, n):
         columns = []
         for _ in range(n):
-            clf(x, labels)
-            columns.append(clf.columns.tolist())
+            columns.append(clf(x, labels).columns.tolist())
         return columns
 
     whole = draws(Classifier(6, 200, sample_rate=0.1, seed=0), 5)
@@ -113,12 +113,13 @@ def test_partial_fc_step_on_cuda_has_no_host_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        head(x, labels)["loss"].backward()
+        out = head.forward_with_logits(x, labels)
+        out.losses["loss"].backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    cols = head.classifier.columns - head.classifier.start
+    cols = out.columns - head.classifier.start
     assert cols.device.type == "cuda" and len(cols) == 10_000
-    assert torch.isin(labels, head.classifier.columns).all()
+    assert torch.isin(labels, out.columns).all()
 
 
 @pytest.mark.parametrize(("margin", "kwargs"), [("arcface", {"s": 16.0}), ("softmax", {}),
@@ -129,8 +130,7 @@ def test_partial_fc_logits_are_the_full_logits_of_the_sampled_columns(margin, kw
     part = build_head(margin, 6, 40, classifier_kwargs={"sample_rate": 0.25, "seed": 0}, **kwargs).double()
     part.load_state_dict(full.state_dict(), strict=False)  # same centres (and biases); sample_step stays
     x, labels = torch.randn(5, 6, dtype=torch.float64), torch.tensor([1, 30, 30, 7, 12])
-    losses, logits = part.forward_with_logits(x, labels)
-    cols = part.classifier.columns
+    losses, logits, cols = part.forward_with_logits(x, labels)
     assert len(cols) == 10 and set(labels.tolist()) <= set(cols.tolist())
     ref = full.margin(full.classifier(x, labels))[:, cols]  # [B, U] the same columns of the full head
     torch.testing.assert_close(logits, ref)
@@ -138,7 +138,8 @@ def test_partial_fc_logits_are_the_full_logits_of_the_sampled_columns(margin, kw
     torch.testing.assert_close(losses["ce"], F.cross_entropy(ref, target))
     assert int(part.classifier.sample_step) == 1
     part.eval()
-    assert part.forward_with_logits(x, labels)[1].shape == (5, 40)  # eval: every class
+    out = part.forward_with_logits(x, labels)
+    assert out.logits.shape == (5, 40) and out.columns.tolist() == list(range(40))  # eval: every class
 
 
 def test_seeded_init_is_the_same_whatever_the_shards():

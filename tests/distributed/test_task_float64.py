@@ -56,11 +56,12 @@ def step(variant: str, rank: int, size: int) -> dict:
     cfg = config(variant)
     offsets = OFFSETS if variant.startswith("dail") else None
     task = FaceTask(cfg, C, {**PREPROCESS_DEFAULT, "size": 112}, shard=(rank, size), offsets=offsets).double()
-    task.parallel = dist_env.wrap_backbone(task.backbone, dist_env.DistEnv(rank, size))
+    task.wrap_backbone(lambda backbone: dist_env.wrap_backbone(backbone, dist_env.DistEnv(rank, size)))
+    assert (task.train_backbone is task.backbone) == (size == 1)  # DDP-wrapped in the 2-process run
     task.train()
     images, labels, extras = batch()
     rows = slice(rank * B // size, (rank + 1) * B // size)
-    losses = task(images[rows], labels[rows], **{k: v[rows] for k, v in extras.items()})
+    losses = task(images[rows], labels[rows], **{k: v[rows] for k, v in extras.items()}).losses
     losses["loss"].backward()
     clf = task.head.classifier
     out = {"losses": {k: v.item() for k, v in losses.items()},

@@ -13,29 +13,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from test_train_multiprocess import (  # noqa: F401 (data: fixture, train folder + val.bin)
-    accuracies_near,
-    cfg_dict,
-    data,
-    same_run,
-    val_distances,
-)
+from tests.references.distributed_runs import accuracies_near, cfg_dict, same_run, val_distances
 
 from facelab.config import load_config
-from facelab.train.checkpoint import load_checkpoint
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
 
 pytestmark = pytest.mark.distributed
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The one-process run sets torch's global thread count (train.threads: 1): restore it afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def free_port() -> int:
@@ -75,8 +60,8 @@ def val_accuracy(rows, step):
     return found[0]
 
 
-def test_torchrun_trains_like_one_process(data, tmp_path):  # noqa: F811 (the imported fixture)
-    recipe = write_recipe(data, tmp_path / "recipe.yaml")
+def test_torchrun_trains_like_one_process(tiny_data, tmp_path):
+    recipe = write_recipe(tiny_data, tmp_path / "recipe.yaml")
     done = torchrun(tmp_path, "train", str(recipe), f"output={tmp_path / 'two'}")
     assert done.returncode == 0, f"torchrun exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
     assert done.stdout.count("| val |") == 1  # the results table, printed by rank 0 only
@@ -99,10 +84,10 @@ def test_torchrun_trains_like_one_process(data, tmp_path):  # noqa: F811 (the im
     # differently (accuracies_near). The one-process evaluations, recomputed from checkpoints, are
     # the same path: equal bit for bit.
     train(load_config(recipe, [f"output={tmp_path / 'one_at_2'}"]), stop_at=2)  # step 2's weights
-    d_end, same, accuracy_end = val_distances(tmp_path / "one", data)
-    d_mid, _, accuracy_mid = val_distances(tmp_path / "one_at_2", data)
+    d_end, same, accuracy_end = val_distances(tmp_path / "one", tiny_data)
+    d_mid, _, accuracy_mid = val_distances(tmp_path / "one_at_2", tiny_data)
     assert (accuracy_mid, accuracy_end) == (val_accuracy(rows_one, 2), val_accuracy(rows_one, 4))
-    drift = float(np.abs(val_distances(tmp_path / "two", data)[0] - d_end).max())
+    drift = float(np.abs(val_distances(tmp_path / "two", tiny_data)[0] - d_end).max())
     assert val_accuracy(rows_two, 2) in accuracies_near(d_mid, same, drift)
     assert val_accuracy(rows_two, 4) in accuracies_near(d_end, same, drift)
     # rank 0 writes the log alone: the lines of one process, each once (loss at steps 1-4, verification at 2 and 4)
@@ -114,11 +99,11 @@ def test_torchrun_trains_like_one_process(data, tmp_path):  # noqa: F811 (the im
 
 
 @pytest.mark.slow  # 12-20 s more on the loaded 2-core machine (a second torchrun start): both together > 40 s
-def test_torchrun_forms_a_two_process_group(data, tmp_path):  # noqa: F811 (the imported fixture)
+def test_torchrun_forms_a_two_process_group(tiny_data, tmp_path):
     """The run above would pass as well with two unrelated one-process runs writing one folder: torchrun's
     environment really joins the ranks into one group of 2 (a batch of 7 does not split over 2 processes; it would
     at one), and a bad recipe stops both ranks with facelab's one-line error and exit status 2."""
-    recipe = write_recipe(data, tmp_path / "recipe.yaml")
+    recipe = write_recipe(tiny_data, tmp_path / "recipe.yaml")
     done = torchrun(tmp_path, "train", str(recipe), f"output={tmp_path / 'bad'}", "data.batch_size=7")
     assert done.returncode != 0
     for rank in (0, 1):

@@ -4,13 +4,15 @@ import os
 import numpy as np
 import pytest
 import torch
+from tests.references.pairsets import evaluate_pairsets
 from torch import nn
 
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
-from facelab.eval.embed import embed_images, evaluate_pairsets
-from facelab.eval.report import format_table, plot_roc
-from facelab.eval.verification import verify_pairs
+from facelab.eval.embed import embed_images
+from facelab.eval.protocols.verification import verify_pairs
+from facelab.eval.reports.plots import plot_roc
+from facelab.eval.reports.tables import format_table
 from facelab.io import write_atomic
 from facelab.jsonfile import write_json_atomic
 
@@ -27,11 +29,14 @@ def _images(n, seed=0):
 
 
 def _manual(model, images, flip=True, bgr=False, mean=0.5, std=0.5):
-    """Independent numpy float64 transcription: channel order, x/255, (x-mean)/std, NCHW flatten, W x + b."""
+    """Independent numpy float64 transcription: channel order, x/255, (x-mean)/std, NCHW
+    flatten, W x + b."""
     lin = model[1]
     w, b = lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()
     x = images[..., ::-1] if bgr else images
-    x = (x.astype(np.float64) / 255 - np.reshape(mean, (1, 1, 1, -1))) / np.reshape(std, (1, 1, 1, -1))
+    x = (x.astype(np.float64) / 255 - np.reshape(mean, (1, 1, 1, -1))) / np.reshape(
+        std, (1, 1, 1, -1)
+    )
     x = x.transpose(0, 3, 1, 2)  # [N, C, H, W]
     emb = x.reshape(len(x), -1) @ w.T + b
     if flip:
@@ -50,17 +55,27 @@ def test_flip_fusion_matches_manual_sum(flip):
 
 def test_flip_changes_the_embedding():
     model, images = _linear_model(), _images(4)
-    assert not np.allclose(embed_images(model, images), embed_images(model, images, flip=False), atol=1e-3)
+    assert not np.allclose(
+        embed_images(model, images), embed_images(model, images, flip=False), atol=1e-3
+    )
 
 
 def test_bgr_and_per_channel_normalisation():
     model, images = _linear_model(1), _images(5, seed=2)
     pre = {"colour": "BGR", "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
     out = embed_images(model, images, preprocess=pre)
-    np.testing.assert_allclose(out, _manual(model, images, bgr=True, mean=pre["mean"], std=pre["std"]), atol=2e-6)
+    np.testing.assert_allclose(
+        out, _manual(model, images, bgr=True, mean=pre["mean"], std=pre["std"]), atol=2e-6
+    )
     rgb = embed_images(model, images, preprocess={**pre, "colour": "RGB"})
     assert not np.allclose(out, rgb, atol=1e-3)
-    assert PREPROCESS_DEFAULT == {"colour": "RGB", "mean": 0.5, "std": 0.5, "template": "arcface112", "size": 112}
+    assert PREPROCESS_DEFAULT == {
+        "colour": "RGB",
+        "mean": 0.5,
+        "std": 0.5,
+        "template": "arcface112",
+        "size": 112,
+    }
 
 
 class _BNModel(nn.Module):
@@ -83,7 +98,8 @@ def test_eval_mode_no_grad_batch_independent_and_modes_restored():
     images = _images(9, seed=3)
     a = embed_images(model, images, batch_size=1)
     b = embed_images(model, images, batch_size=64)
-    np.testing.assert_allclose(a, b, atol=1e-6)  # eval BN + no dropout: a sample does not see its batch
+    # eval BN + no dropout: a sample does not see its batch
+    np.testing.assert_allclose(a, b, atol=1e-6)
     assert torch.equal(model.body[1].running_mean, stats)
     assert {name: m.training for name, m in model.named_modules()} == before
 
@@ -92,9 +108,10 @@ def test_evaluate_pairsets_interleaves_pairs():
     model = _linear_model(2)
     images, same = _images(40, seed=4), np.arange(20) % 2 == 0
     res = evaluate_pairsets(model, {"toy": (images, same)}, batch_size=16, folds=5)
-    # the embeddings of evaluate_pairsets' own path (same batch size): identical fold accuracies. The
-    # float64 transcription (_manual) would be another path, whose distances can land on the other
-    # side of a threshold grid point; test_flip_fusion_matches_manual_sum ties the two together.
+    # the embeddings of evaluate_pairsets' own path (same batch size): identical fold accuracies.
+    # The float64 transcription (_manual) would be another path, whose distances can land on the
+    # other side of a threshold grid point; test_flip_fusion_matches_manual_sum ties the two
+    # together.
     emb = embed_images(model, images, batch_size=16)
     expect = verify_pairs(emb[0::2], emb[1::2], same, folds=5)
     assert res["toy"] == expect  # fold accuracies, thresholds, VAL, ROC
@@ -111,8 +128,14 @@ def test_evaluate_pairsets_interleaves_pairs():
         (lambda m: embed_images(m, _images(2), preprocess={"colour": "YUV"}), "colour"),
         (lambda m: embed_images(m, _images(2), preprocess={"scale": 1}), "unknown key"),
         (lambda m: embed_images(m, _images(2), preprocess={"std": 0}), "non-zero"),
-        (lambda m: evaluate_pairsets(m, {"x": (_images(5), [True, False])}), "'x': 5 images for 2 pairs"),
-        (lambda m: evaluate_pairsets(m, {"x": (_images(4), [True, False])}, fold=2), "unknown option"),
+        (
+            lambda m: evaluate_pairsets(m, {"x": (_images(5), [True, False])}),
+            "'x': 5 images for 2 pairs",
+        ),
+        (
+            lambda m: evaluate_pairsets(m, {"x": (_images(4), [True, False])}, fold=2),
+            "unknown option",
+        ),
     ],
 )
 def test_embed_input_errors(call, match):
@@ -123,8 +146,9 @@ def test_embed_input_errors(call, match):
 def _result(acc, seed=0):
     rng = np.random.default_rng(seed)
     fpr = np.sort(np.r_[0.0, rng.random(50), 1.0])
-    return {"accuracy": acc, "accuracy_std": 0.0025, "val": 0.9, "val_std": 0.01, "far": 1e-3, "pairs": 6000,
-            "tpr": np.sqrt(fpr).tolist(), "fpr": fpr.tolist(), "convention": {"far_target": 1e-3}}  # fmt: skip
+    return {"accuracy": acc, "accuracy_std": 0.0025, "val": 0.9, "val_std": 0.01, "far": 1e-3,
+            "pairs": 6000, "tpr": np.sqrt(fpr).tolist(), "fpr": fpr.tolist(),
+            "convention": {"far_target": 1e-3}}  # fmt: skip
 
 
 def test_format_table():
@@ -144,12 +168,18 @@ def test_plot_roc_writes_png_atomically(tmp_path):
 
 
 def test_write_json_atomic_round_trip(tmp_path):
-    obj = {"acc": np.float64(0.5), "n": np.int64(3), "arr": np.arange(3), "nested": [{"x": "é"}], "ok": True}
+    obj = {
+        "acc": np.float64(0.5),
+        "n": np.int64(3),
+        "arr": np.arange(3),
+        "nested": [{"x": "é"}],
+        "ok": True,
+    }
     path = tmp_path / "sub" / "metrics.json"
     write_json_atomic(path, obj)
     write_json_atomic(path, obj)  # overwrite
-    assert json.loads(path.read_text("utf-8")) == {"acc": 0.5, "n": 3, "arr": [0, 1, 2], "nested": [{"x": "é"}],
-                                                   "ok": True}  # fmt: skip
+    expected = {"acc": 0.5, "n": 3, "arr": [0, 1, 2], "nested": [{"x": "é"}], "ok": True}
+    assert json.loads(path.read_text("utf-8")) == expected
     assert os.listdir(path.parent) == ["metrics.json"]
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import facelab.eval.embed
 import facelab.eval.run
-import facelab.train.task
+import facelab.model
 from facelab.cli import main
 
 
@@ -20,9 +20,10 @@ def _must_not_run(what):
 def no_work(monkeypatch):
     """Model loading, data loading and embedding all fail the test if reached."""
     for module, name in [
-        (facelab.train.task, "load_model"),
+        (facelab.model, "load_model"),
         (facelab.eval.run, "load_model"),
         (facelab.eval.run, "load_pair_sets"),
+        (facelab.eval.run, "embed_images"),
         (facelab.eval.embed, "embed_images"),
     ]:
         monkeypatch.setattr(module, name, _must_not_run(f"{module.__name__}.{name}"))

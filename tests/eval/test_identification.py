@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from facelab.errors import FacelabError
-from facelab.eval import identification as ident
+from facelab.eval.protocols import identification as ident
+from facelab.eval.reports.tables import format_identification_table
 
 
 def _unit(degrees):
@@ -34,7 +35,8 @@ def test_cmc_and_tpir_by_hand():
     r = _hand_case(ranks=(1, 2, 5), fpirs=(0.01, 0.5, 1.0))
     assert (r["probes"], r["mated"], r["non_mated"], r["gallery"]) == (8, 6, 2, 3)
     assert r["cmc"] == {"1": 4 / 6, "2": 1.0, "5": 1.0}
-    # FPIR 0.01 of 2 non-mated: no false alarm allowed -> threshold 0.707: rank-1 mates 0.985, 0.940, 0.766
+    # FPIR 0.01 of 2 non-mated: no false alarm allowed -> threshold 0.707: rank-1 mates 0.985,
+    # 0.940, 0.766
     assert r["threshold"]["0.01"] == pytest.approx(np.cos(np.radians(45)))
     assert r["tpir_at_fpir"]["0.01"] == 0.5 and r["fpir_achieved"]["0.01"] == 0.0
     # FPIR 0.5: one false alarm allowed -> threshold ~0 -> the 0.643 mate counts too
@@ -49,7 +51,7 @@ def test_ties_count_against_the_probe():
 
 
 def _brute_force(probes, pids, gallery, gids, ranks, fpirs):
-    """Loop transcription: sort every probe's gallery list; sweep all thresholds for TPIR at FPIR."""
+    """Loop transcription: sort every probe's gallery list; sweep every threshold for TPIR@FPIR."""
     sim = probes @ gallery.T
     rank, top, mate_top = {}, {}, {}
     for i in range(len(probes)):
@@ -95,7 +97,9 @@ def test_closed_set_has_no_tpir_and_mean():
     m = ident.mean_results([r, _hand_case()])
     assert m["cmc"]["1"] == pytest.approx((1.0 + 4 / 6) / 2)
     assert m["tpir_at_fpir"]["0.01"] == 0.5  # None entries are left out
-    assert "| b |" in ident.format_table({"a": r, "b": m}) and "—" in ident.format_table({"a": r})
+    assert "| b |" in format_identification_table(
+        {"a": r, "b": m}
+    ) and "—" in format_identification_table({"a": r})
 
 
 def test_read_1n_csv(tmp_path):
@@ -118,7 +122,9 @@ def test_read_1n_csv(tmp_path):
 
 
 def test_merge_lists_and_errors():
-    t, s = ident.merge_lists((np.array([1, 5]), np.array([10, 50])), (np.array([3, 5]), np.array([30, 50])))
+    t, s = ident.merge_lists(
+        (np.array([1, 5]), np.array([10, 50])), (np.array([3, 5]), np.array([30, 50]))
+    )
     assert t.tolist() == [1, 3, 5] and s.tolist() == [10, 30, 50]
     with pytest.raises(FacelabError, match="disagree"):
         ident.merge_lists((np.array([1]), np.array([10])), (np.array([1]), np.array([11])))

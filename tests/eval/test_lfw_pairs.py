@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from facelab.errors import FacelabError
-from facelab.eval.lfw_pairs import load_lfw_pairs, read_lfw_pairs
-from facelab.eval.verification import verify_pairs
+from facelab.eval.protocols.lfw_pairs import load_lfw_pairs, read_lfw_pairs
+from facelab.eval.protocols.verification import verify_pairs
 from facelab.io import encode_image, read_image
 
 # 2 sets x 2 pairs per class, tab-separated like the original file
@@ -36,7 +36,13 @@ def test_parse_pairs(lfw):
     pairs, sets, per = read_lfw_pairs(lfw / "pairs.txt")
     assert (sets, per, len(pairs)) == (2, 2, 8)
     assert [p.same for p in pairs] == [True, True, False, False] * 2
-    assert (pairs[3].name1, pairs[3].num1, pairs[3].name2, pairs[3].num2, pairs[3].line) == ("Cid", 1, "Ann", 2, 5)
+    assert (pairs[3].name1, pairs[3].num1, pairs[3].name2, pairs[3].num2, pairs[3].line) == (
+        "Cid",
+        1,
+        "Ann",
+        2,
+        5,
+    )
     assert (pairs[0].name1, pairs[0].name2, pairs[0].num2) == ("Ann", "Ann", 2)
 
 
@@ -44,9 +50,20 @@ def test_load_pairs_interleaves_like_bin(lfw):
     images, same = load_lfw_pairs(lfw / "pairs.txt", lfw / "lfw")
     assert images.shape == (16, 16, 16, 3) and images.dtype == np.uint8
     assert same.tolist() == [True, True, False, False] * 2
-    files = [("Ann", 1), ("Ann", 2), ("Bob", 1), ("Bob", 3), ("Ann", 1), ("Bob", 2), ("Cid", 1), ("Ann", 2)]
+    files = [
+        ("Ann", 1),
+        ("Ann", 2),
+        ("Bob", 1),
+        ("Bob", 3),
+        ("Ann", 1),
+        ("Bob", 2),
+        ("Cid", 1),
+        ("Ann", 2),
+    ]
     for i, (name, k) in enumerate(files):
-        np.testing.assert_array_equal(images[i], read_image(lfw / "lfw" / name / f"{name}_{k:04d}.jpg"))
+        np.testing.assert_array_equal(
+            images[i], read_image(lfw / "lfw" / name / f"{name}_{k:04d}.jpg")
+        )
     emb = images.reshape(16, -1).astype(np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     assert verify_pairs(emb[0::2], emb[1::2], same, folds=2)["pairs"] == 8  # one fold per set
@@ -70,7 +87,10 @@ def test_single_number_header(tmp_path):
         ("1 1\n\nAnn 1 0\nAnn 1 Bob 1\n", r"pairs.txt:3: expected a positive integer, got '0'"),
         ("1 1\nAnn 1 2\nAnn 1 Ann 2\n", r"pairs.txt:3: a different-person line names 'Ann' twice"),
         ("1 2\nAnn 1 2\nAnn 1 Bob 1\n", r"header says 1 set\(s\) x 2 x 2 = 4 pairs, found 2"),
-        ("1 1\nAnn 1 Bob 1\nAnn 1 2\n", r"pairs.txt:2: set 1 should hold 1 same-person then 1 different"),
+        (
+            "1 1\nAnn 1 Bob 1\nAnn 1 2\n",
+            r"pairs.txt:2: set 1 should hold 1 same-person then 1 different",
+        ),
     ],
 )
 def test_bad_pairs_file_names_file_and_line(tmp_path, text, match):
@@ -84,6 +104,8 @@ def test_missing_image_and_mixed_sizes(lfw):
     (lfw / "lfw" / "Cid" / "Cid_0002.jpg").unlink()
     with pytest.raises(FacelabError, match=r"pairs.txt:7: image .*Cid_0002.jpg not found"):
         load_lfw_pairs(lfw / "pairs.txt", lfw / "lfw")
-    (lfw / "lfw" / "Cid" / "Cid_0002.jpg").write_bytes(encode_image(np.zeros((20, 16, 3), np.uint8)))
+    (lfw / "lfw" / "Cid" / "Cid_0002.jpg").write_bytes(
+        encode_image(np.zeros((20, 16, 3), np.uint8))
+    )
     with pytest.raises(FacelabError, match="different sizes"):
         load_lfw_pairs(lfw / "pairs.txt", lfw / "lfw")

@@ -1,4 +1,4 @@
-"""Data checks: data descriptions (sidecar, align.json, assumed default), refusal per field, overrides."""
+"""Data checks: descriptions (sidecar, align.json, assumed default), refusals, overrides."""
 
 import json
 
@@ -15,10 +15,16 @@ from facelab.data.pairsets import load_bin, write_bin
 from facelab.data.synthetic.pairs import _write_set, plan_pairs
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
-from facelab.eval import metadata as M
+from facelab.eval.checks import metadata as M
 
 # one value per field that differs from PREPROCESS_DEFAULT
-OTHER = {"template": "arcface96x112", "size": 128, "colour": "BGR", "mean": [0.485, 0.456, 0.406], "std": 0.25}
+OTHER = {
+    "template": "arcface96x112",
+    "size": 128,
+    "colour": "BGR",
+    "mean": [0.485, 0.456, 0.406],
+    "std": 0.25,
+}
 
 
 def _bin(path, n=20, size=112, meta=None):
@@ -33,12 +39,18 @@ def test_sidecar_round_trip_and_bare_default(tmp_path):
     _bin(tmp_path / "s.bin", meta=meta)
     assert json.loads((tmp_path / "s.json").read_text()) == meta
     desc = M.describe_bin(tmp_path / "s.bin")
-    assert {k: v["value"] for k, v in desc.items()} == {"template": "arcface112", "size": 112, "colour": "BGR"}
+    assert {k: v["value"] for k, v in desc.items()} == {
+        "template": "arcface112",
+        "size": 112,
+        "colour": "BGR",
+    }
     assert {v["source"] for v in desc.values()} == {"s.json"}
     bare = M.describe_bin(_bin(tmp_path / "bare.bin"))
     assert {k: v["value"] for k, v in bare.items()} == PREPROCESS_DEFAULT
     assert all(v["source"].startswith("assumed") for v in bare.values())
-    with pytest.raises(FacelabError, match=r"x\.json: preprocess\.colour must be 'RGB' or 'BGR', got 'RBG'"):
+    with pytest.raises(
+        FacelabError, match=r"x\.json: preprocess\.colour must be 'RGB' or 'BGR', got 'RBG'"
+    ):
         _bin(tmp_path / "x.bin", meta={"colour": "RBG"})
 
 
@@ -47,8 +59,12 @@ def test_matching_passes_and_scalar_equals_three_numbers():
     data["mean"]["value"] = [0.5, 0.5, 0.5]
     record = M.check_data("set", PREPROCESS_DEFAULT, data)
     assert {r["status"] for r in record.values()} == {"match"}
-    undeclared = M.check_data("set", PREPROCESS_DEFAULT, {"size": {"value": 112, "source": "align.json"}})
-    assert undeclared["size"]["status"] == "match" and undeclared["colour"]["status"] == "not declared"
+    undeclared = M.check_data(
+        "set", PREPROCESS_DEFAULT, {"size": {"value": 112, "source": "align.json"}}
+    )
+    assert (
+        undeclared["size"]["status"] == "match" and undeclared["colour"]["status"] == "not declared"
+    )
 
 
 @pytest.mark.parametrize("field", M.FIELDS)
@@ -81,12 +97,19 @@ def test_unknown_allow_field_is_an_error():
 def test_align_json_from_facelab_align(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "src" / "a").mkdir(parents=True)
-    cv2.imwrite(str(tmp_path / "src" / "a" / "0.png"), rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    cv2.imwrite(
+        str(tmp_path / "src" / "a" / "0.png"), rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    )
     pts = [60, 80, 140, 80, 100, 115, 70, 150, 130, 150]
-    (tmp_path / "lm.csv").write_text("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png," + ",".join(map(str, pts)) + "\n")
+    (tmp_path / "lm.csv").write_text(
+        "image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png," + ",".join(map(str, pts)) + "\n"
+    )
     align_folder(tmp_path / "src", tmp_path / "al", tmp_path / "lm.csv", size=96, workers=1)
     desc = M.describe_folder(tmp_path / "al")
-    assert desc["size"] == {"value": 96, "source": "align.json"} and desc["template"]["value"] == "arcface112"
+    assert (
+        desc["size"] == {"value": 96, "source": "align.json"}
+        and desc["template"]["value"] == "arcface112"
+    )
     with pytest.raises(FacelabError, match="size: model 112, data 96 \\(align.json\\)"):
         M.check_data("al", PREPROCESS_DEFAULT, desc)
     assert M.describe_folder(tmp_path / "src") == {}  # not aligned by facelab: nothing declared
@@ -99,7 +122,11 @@ def test_synthetic_pair_sets_write_sidecars(tmp_path):
     attrs = {key: {"yaw_deg": 0.0, "resolution": 1.0, "occlusion": "none"} for key in keys}
     _write_set(tmp_path, "synth-lfw", plan, photos, attrs)
     desc = M.describe_bin(tmp_path / "synth-lfw.bin")
-    assert {k: v["value"] for k, v in desc.items()} == {"template": "arcface112", "size": 112, "colour": "RGB"}
+    assert {k: v["value"] for k, v in desc.items()} == {
+        "template": "arcface112",
+        "size": 112,
+        "colour": "RGB",
+    }
     assert len(load_bin(tmp_path / "synth-lfw.bin")[1]) == len(plan)
 
 
@@ -124,7 +151,9 @@ def test_evaluate_checkpoint_refuses_then_records_override(tmp_path, monkeypatch
     with pytest.raises(FacelabError, match="'bgr'.*colour: model 'RGB', data 'BGR'"):
         run.evaluate_checkpoint("ck.pt", sets, tmp_path / "ev", data=data)
     assert not (tmp_path / "ev").exists()  # refused before anything is computed or written
-    run.evaluate_checkpoint("ck.pt", sets, tmp_path / "ev", data=data, allow_mismatch=("colour", "size"))
+    run.evaluate_checkpoint(
+        "ck.pt", sets, tmp_path / "ev", data=data, allow_mismatch=("colour", "size")
+    )
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())["data_checks"]
     assert saved["allow_mismatch"] == ["colour", "size"]
     bgr = saved["sets"]["bgr"]
@@ -135,7 +164,9 @@ def test_evaluate_checkpoint_refuses_then_records_override(tmp_path, monkeypatch
         "source": "measured (image height)",
         "status": "overridden",
     }
-    assert all((tmp_path / "ev" / f).stat().st_size > 0 for f in ("roc.png", "scores.png", "index.html"))
+    assert all(
+        (tmp_path / "ev" / f).stat().st_size > 0 for f in ("roc.png", "scores.png", "index.html")
+    )
 
 
 def test_cli_mismatch_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

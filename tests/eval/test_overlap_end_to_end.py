@@ -1,18 +1,22 @@
-"""`facelab overlap` end to end through the CLI, checked against truth computed here, not by facelab.eval.overlap.
+"""`facelab overlap` end to end through the CLI, checked against truth computed here, not by
+facelab.eval.checks.overlap.
 
-Two small aligned sets from one identity pool with a known overlap (`facelab synth --datasets 2`, then
-`facelab align`), a tiny model trained a few steps on A, then `facelab overlap A B --model RUN --truth
-overlap.csv --out DIR --merge MERGED`. The test proves that:
-  (a) candidates.csv has the documented columns, one row per class of B, sorted by similarity descending,
-      and every (a_class, b_class) names a real identity folder of A and of B;
-  (b) overlap.json is strict JSON; its precision, recall and F1 at the threshold equal those recomputed from
-      the CSV rows above it and the synth ground truth (read here with csv, A-B rows only), and its best-F1
-      point equals a sweep over the cuts of the CSV's rows in their order (4 decimals can tie rows);
-  (c) each row's best A class, centre cosine and sample agreement equal a recomputation from the model's own
-      embeddings (load_model + embed_images: flip-fused, normalised; centre = normalised mean), to the CSV's
-      rounding and float32 rounding (another batch size: a near tie of cosines may go either way);
-  (d) the merged folder holds every image of A and of B exactly once (byte-identical copies), each shared
-      B class inside its A partner's folder and every other class on its own.
+Two small aligned sets from one identity pool with a known overlap (`facelab synth --datasets 2`,
+then `facelab align`), a tiny model trained a few steps on A, then
+`facelab overlap A B --model RUN --truth overlap.csv --out DIR --merge MERGED`.
+The test proves that:
+  (a) candidates.csv has the documented columns, one row per class of B, sorted by similarity
+      descending, and every (a_class, b_class) names a real identity folder of A and of B;
+  (b) overlap.json is strict JSON; its precision, recall and F1 at the threshold equal those
+      recomputed from the CSV rows above it and the synth ground truth (read here with csv, A-B
+      rows only), and its best-F1 point equals a sweep over the cuts of the CSV's rows in their
+      order (4 decimals can tie rows);
+  (c) each row's best A class, centre cosine and sample agreement equal a recomputation from the
+      model's own embeddings (load_model + embed_images: flip-fused, normalised; centre =
+      normalised mean), to the CSV's rounding and float32 rounding (another batch size: a near tie
+      of cosines may go either way);
+  (d) the merged folder holds every image of A and of B exactly once (byte-identical copies), each
+      shared B class inside its A partner's folder and every other class on its own.
 """
 
 import csv
@@ -22,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.references.float_paths import DIST_TOL
 
 from facelab.cli import main
 from facelab.config import config_from_dict
 from facelab.eval.embed import embed_images
 from facelab.io import IMAGE_SUFFIXES, read_image
+from facelab.model import load_model
 from facelab.train.loop import train
-from facelab.train.task import load_model
-from float_paths import DIST_TOL
 
 IDENTITIES, IMAGES, OVERLAP = 20, 4, 0.3
 COLUMNS = ["b_class", "a_class", "similarity", "sample_agreement"]
@@ -37,14 +41,22 @@ COLUMNS = ["b_class", "a_class", "similarity", "sample_agreement"]
 
 def images_of(folder: Path) -> dict[str, list[Path]]:
     """{class folder name: its image files, sorted} of `folder/<class>/<image>`."""
-    return {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            for c in sorted(folder.iterdir()) if c.is_dir()}
+    return {
+        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for c in sorted(folder.iterdir())
+        if c.is_dir()
+    }
 
 
-def my_embeddings(model, preprocess, folder: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """(classes, unit class centres [C, d] float64, {class: unit image embeddings [n, d]}) computed here."""
-    per_class = {c: embed_images(model, np.stack([read_image(p) for p in files]), preprocess=preprocess)
-                 for c, files in images_of(folder).items()}
+def my_embeddings(
+    model, preprocess, folder: Path
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(classes, unit class centres float64 [C, d], {class: unit image embeddings [n, d]}),
+    computed here."""
+    per_class = {
+        c: embed_images(model, np.stack([read_image(p) for p in files]), preprocess=preprocess)
+        for c, files in images_of(folder).items()
+    }
     classes = sorted(per_class)
     centres = np.stack([per_class[c].astype(np.float64).mean(axis=0) for c in classes])
     return classes, centres / np.linalg.norm(centres, axis=1, keepdims=True), per_class
@@ -65,40 +77,117 @@ def scores(called: set, truth: set) -> tuple[float, float, float]:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("overlap_e2e")
     synth = root / "synth"
-    assert main(["synth", str(synth), "--datasets", "2", "--identities", str(IDENTITIES), "--images-per-identity",
-                 str(IMAGES), "--overlap", str(OVERLAP), "--pairs", "0", "--workers", "1", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(synth),
+                "--datasets",
+                "2",
+                "--identities",
+                str(IDENTITIES),
+                "--images-per-identity",
+                str(IMAGES),
+                "--overlap",
+                str(OVERLAP),
+                "--pairs",
+                "0",
+                "--workers",
+                "1",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     for name in ("A", "B"):
-        assert main(["align", str(synth / name / "images"), str(synth / name / "aligned"), "--landmarks",
-                     str(synth / name / "landmarks.csv"), "--workers", "1"]) == 0
+        assert (
+            main(
+                [
+                    "align",
+                    str(synth / name / "images"),
+                    str(synth / name / "aligned"),
+                    "--landmarks",
+                    str(synth / name / "landmarks.csv"),
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 0
+        )
     a, b = synth / "A" / "aligned", synth / "B" / "aligned"
-    cfg = config_from_dict({
-        "output": str(root / "run"), "data": {"train": str(a), "batch_size": 16, "workers": 0},
-        "model": {"backbone": "tiny", "embedding_size": 16}, "head": {"margin": "arcface", "kwargs": {"s": 16.0}},
-        "optim": {"lr": 0.05},
-        "train": {"steps": 4, "log_every": 2, "checkpoint_every": 100, "progress": False, "tensorboard": False},
-    })
+    cfg = config_from_dict(
+        {
+            "output": str(root / "run"),
+            "data": {"train": str(a), "batch_size": 16, "workers": 0},
+            "model": {"backbone": "tiny", "embedding_size": 16},
+            "head": {"margin": "arcface", "kwargs": {"s": 16.0}},
+            "optim": {"lr": 0.05},
+            "train": {
+                "steps": 4,
+                "log_every": 2,
+                "checkpoint_every": 100,
+                "progress": False,
+                "tensorboard": False,
+            },
+        }
+    )
     train(cfg)
 
     model, preprocess = load_model(root / "run")
     mine = {"A": my_embeddings(model, preprocess, a), "B": my_embeddings(model, preprocess, b)}
-    sims = np.sort((mine["B"][1] @ mine["A"][1].T).max(axis=1))  # best A cosine of every B class, ascending
+    # best A cosine of every B class, ascending
+    sims = np.sort((mine["B"][1] @ mine["A"][1].T).max(axis=1))
     gaps = np.diff(sims)
-    k = len(sims) // 4 + int(gaps[len(sims) // 4: 3 * len(sims) // 4].argmax())  # widest gap of the middle half
+    # widest gap of the middle half
+    k = len(sims) // 4 + int(gaps[len(sims) // 4 : 3 * len(sims) // 4].argmax())
     assert gaps[k] > 2e-4, f"no usable gap in the centre cosines {sims}"
-    threshold = float((sims[k] + sims[k + 1]) / 2)  # some pairs called, some not; no row within CSV rounding
+    # some pairs called, some not; no row within CSV rounding
+    threshold = float((sims[k] + sims[k + 1]) / 2)
 
     out, merged = root / "out", root / "merged"
-    assert main(["overlap", str(a), str(b), "--model", str(root / "run"), "--truth", str(synth / "overlap.csv"),
-                 "--out", str(out), "--merge", str(merged), "--threshold", f"{threshold!r}"]) == 0
+    assert (
+        main(
+            [
+                "overlap",
+                str(a),
+                str(b),
+                "--model",
+                str(root / "run"),
+                "--truth",
+                str(synth / "overlap.csv"),
+                "--out",
+                str(out),
+                "--merge",
+                str(merged),
+                "--threshold",
+                f"{threshold!r}",
+            ]
+        )
+        == 0
+    )
     with open(out / "candidates.csv", newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
     with open(synth / "overlap.csv", newline="") as f:
-        truth = {(r["a_class"], r["b_class"]) for r in csv.DictReader(f) if (r["a_dataset"], r["b_dataset"]) ==
-                 ("A", "B")}
+        truth = {
+            (r["a_class"], r["b_class"])
+            for r in csv.DictReader(f)
+            if (r["a_dataset"], r["b_dataset"]) == ("A", "B")
+        }
     report = json.loads((out / "overlap.json").read_text(), parse_constant=strict_json)
-    return {"a": a, "b": b, "out": out, "merged": merged, "threshold": threshold, "header": header, "rows": rows,
-            "report": report, "truth": truth, "mine": mine}
+    return {
+        "a": a,
+        "b": b,
+        "out": out,
+        "merged": merged,
+        "threshold": threshold,
+        "header": header,
+        "rows": rows,
+        "report": report,
+        "truth": truth,
+        "mine": mine,
+    }
 
 
 def test_truth_is_the_planned_overlap(run):
@@ -143,11 +232,15 @@ def test_precision_recall_match_the_csv_and_truth(run):
         if scores(chosen, truth)[2] > best[0] + 1e-12:
             best = (scores(chosen, truth)[2], full[rows[m - 1]["b_class"]], chosen)
     got = report["best_f1"]
-    assert best[0] > 0  # a shared pair is among the candidates (else the code reports threshold inf)
-    assert got["f1"] == pytest.approx(best[0], abs=1e-12) and got["threshold"] == pytest.approx(best[1], abs=1e-5)
+    # a shared pair is among the candidates (else the code reports threshold inf)
+    assert best[0] > 0
+    assert got["f1"] == pytest.approx(best[0], abs=1e-12) and got["threshold"] == pytest.approx(
+        best[1], abs=1e-5
+    )
     assert (got["called"], got["true"]) == (len(best[2]), len(best[2] & truth))
     assert (got["precision"], got["recall"]) == pytest.approx(scores(best[2], truth)[:2], abs=1e-12)
-    assert min(abs(float(x["similarity"]) - got["threshold"]) for x in rows) <= 5e-5 + 1e-6  # a listed score
+    # a listed score
+    assert min(abs(float(x["similarity"]) - got["threshold"]) for x in rows) <= 5e-5 + 1e-6
 
 
 def test_scores_are_class_centre_cosines_of_the_model(run):
@@ -173,21 +266,34 @@ def test_scores_are_class_centre_cosines_of_the_model(run):
 
 
 def test_merged_folder_holds_every_image_once(run):
-    a, b, merged, t = images_of(run["a"]), images_of(run["b"]), images_of(run["merged"]), run["threshold"]
+    a, b, merged, t = (
+        images_of(run["a"]),
+        images_of(run["b"]),
+        images_of(run["merged"]),
+        run["threshold"],
+    )
     shared = {r["b_class"]: r["a_class"] for r in run["rows"] if float(r["similarity"]) >= t}
     assert run["report"]["merge"]["merged_pairs"] == len(shared) > 0
 
     def digest(p: Path) -> str:
         return hashlib.sha256(p.read_bytes()).hexdigest()
 
-    expected: dict[str, list[str]] = {f"A_{c}": [digest(p) for p in files] for c, files in a.items()}
+    expected: dict[str, list[str]] = {
+        f"A_{c}": [digest(p) for p in files] for c, files in a.items()
+    }
     for c, files in b.items():
-        expected.setdefault(f"A_{shared[c]}" if c in shared else f"B_{c}", []).extend(digest(p) for p in files)
+        expected.setdefault(f"A_{shared[c]}" if c in shared else f"B_{c}", []).extend(
+            digest(p) for p in files
+        )
     got = {c: [digest(p) for p in files] for c, files in merged.items()}
     assert sorted(got) == sorted(expected)
     assert {c: sorted(v) for c, v in got.items()} == {c: sorted(v) for c, v in expected.items()}
     total = sum(map(len, a.values())) + sum(map(len, b.values()))
-    assert sum(map(len, merged.values())) == total == sum(1 for p in run["merged"].rglob("*") if p.is_file())
+    assert (
+        sum(map(len, merged.values()))
+        == total
+        == sum(1 for p in run["merged"].rglob("*") if p.is_file())
+    )
     assert run["report"]["merge"]["classes"] == len(a) + len(b) - len(set(shared))
     for c in shared:  # B's files keep their names behind a B_<class>_ prefix
         names = {p.name for p in merged[f"A_{shared[c]}"]}

@@ -1,5 +1,6 @@
-"""Feature-norm quality and error-versus-reject curves: loop transcription of the documented convention,
-synthetic data where low quality means noisier embeddings (the curve must fall), plot file."""
+"""Feature-norm quality and error-versus-reject curves: loop transcription of the documented
+convention, synthetic data where low quality means noisier embeddings (the curve must fall), plot
+file."""
 
 import math
 
@@ -8,11 +9,12 @@ import pytest
 import torch
 
 from facelab.errors import FacelabError
-from facelab.eval.quality import error_versus_reject, feature_norm_quality, plot_error_versus_reject
+from facelab.eval.protocols.quality import error_versus_reject, feature_norm_quality
+from facelab.eval.reports.plots import plot_error_versus_reject
 
 
 def synthetic_pairs(n_pairs=3000, d=64, seed=0, shuffle_quality=False):
-    """Genuine and impostor pairs; each image = a·normalize(identity + noise(a)), noise falling with a."""
+    """Genuine and impostor pairs; image = a * normalize(identity + noise(a)), noise falls in a."""
     rng = np.random.default_rng(seed)
 
     def image(identity):
@@ -57,7 +59,9 @@ def test_feature_norm_quality_is_the_norm():
     x = np.random.default_rng(0).standard_normal((5, 7)) * 3
     expected = [math.sqrt(sum(v * v for v in row)) for row in x.tolist()]
     np.testing.assert_allclose(feature_norm_quality(x), expected, rtol=1e-12)
-    np.testing.assert_allclose(feature_norm_quality(torch.tensor(x, requires_grad=True)), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        feature_norm_quality(torch.tensor(x, requires_grad=True)), expected, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("fmr", [0.05, 0.2])

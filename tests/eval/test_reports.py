@@ -1,4 +1,5 @@
-"""Evaluation reports: histograms and CMC against loops, the pages of eval / ijb / search, index.html in Chromium."""
+"""Evaluation reports: histograms and CMC against loops, the pages of eval / ijb / search,
+index.html in Chromium."""
 
 import base64
 import json
@@ -11,21 +12,23 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tests.references.ijb_fixture import write_ijb_fixture
 from torch import nn
 
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.errors import FacelabError
-from facelab.eval import ijb
-from facelab.eval import search as S
-from facelab.eval.html import markdown_table_html, render_html
-from facelab.eval.ijb_fixture import write_ijb_fixture
-from facelab.eval.metadata import check_all, describe_array
-from facelab.eval.pages import write_pairs_page
-from facelab.eval.plots import cmc_figure, cmc_from_ranks, score_histogram
-from facelab.eval.report import plot_roc
-from facelab.eval.verification import pair_distances, verify_pairs
+from facelab.eval import run
+from facelab.eval.checks.metadata import check_all, describe_array
+from facelab.eval.protocols import ijb
+from facelab.eval.protocols.verification import pair_distances, verify_pairs
+from facelab.eval.reports.folders import write_pairs_page
+from facelab.eval.reports.html import markdown_table_html, render_html
+from facelab.eval.reports.plots import cmc_figure, cmc_from_ranks, plot_roc, score_histogram
 
-BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+BROWSER = next(
+    (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+    None,
+)
 
 
 def test_score_histogram_matches_loop():
@@ -35,7 +38,8 @@ def test_score_histogram_matches_loop():
     h = score_histogram(same, scores, bins=8)
     genuine, impostor = [0] * 8, [0] * 8
     for s, g in zip(scores, same, strict=True):
-        b = min(7, int((min(max(s, -1), 1) + 1) / 0.25))  # bin width 2/8; 1.0 goes into the last bin
+        # bin width 2/8; 1.0 goes into the last bin
+        b = min(7, int((min(max(s, -1), 1) + 1) / 0.25))
         (genuine if g else impostor)[b] += 1
     assert h["genuine"] == genuine and h["impostor"] == impostor and len(h["edges"]) == 9
 
@@ -86,7 +90,9 @@ def _pairs_report(out, name="synth<b>&lfw"):
     r = verify_pairs(a, b, same)
     r["histogram"] = score_histogram(same, 1 - pair_distances(a, b) / 2)
     results = {name: r}
-    checks = check_all(PREPROCESS_DEFAULT, {name: describe_array(np.zeros((1, 112, 112, 3), np.uint8))})
+    checks = check_all(
+        PREPROCESS_DEFAULT, {name: describe_array(np.zeros((1, 112, 112, 3), np.uint8))}
+    )
     plot_roc(results, out / "roc.png")
     write_pairs_page(out, results, {"checkpoint": "run/<ck>.pt"}, checks)
     return results
@@ -95,11 +101,14 @@ def _pairs_report(out, name="synth<b>&lfw"):
 def test_page_escapes_text_and_shows_the_table(tmp_path):
     results = _pairs_report(tmp_path)
     page = (tmp_path / "index.html").read_text()
-    assert "synth<b>" not in page and "synth&lt;b&gt;&amp;lfw" in page and "run/&lt;ck&gt;.pt" in page
+    assert (
+        "synth<b>" not in page and "synth&lt;b&gt;&amp;lfw" in page and "run/&lt;ck&gt;.pt" in page
+    )
     r = results["synth<b>&lfw"]
     acc = f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}"
     assert f'<td class="num">{acc}</td>' in page
-    # the plots are inline, byte for byte the PNGs written beside the page; nothing else is referenced
+    # the plots are inline, byte for byte the PNGs written beside the page; nothing else is
+    # referenced
     assert _inline_images(page) == [(tmp_path / f).read_bytes() for f in ("roc.png", "scores.png")]
     assert all(ref.startswith("data:") for ref in _refs(page)[0])
     evil_src = 'data:image/png;base64,x" onerror="bad()'
@@ -116,13 +125,15 @@ def test_page_refuses_images_that_are_not_inline():
 def test_markdown_tables_to_html():
     md = "| a | b |\n| --- | ---: |\n| x | 1.50 |\n\n| c |\n| --- |\n| — |"
     got = markdown_table_html(md)
-    assert got.count("<table>") == 2 and '<td class="num">1.50</td>' in got and "<td>—</td>" in got
+    assert got.count("<table>") == 2 and '<td class="num">1.50</td>' in got
+    assert "<td>—</td>" in got
     assert "---" not in got
 
 
 @pytest.mark.skipif(
     BROWSER is None,
-    reason="no chromium / chromium-browser / google-chrome on PATH (make setup-browser installs Debian's chromium)",
+    reason="no chromium / chromium-browser / google-chrome on PATH "
+    "(make setup-browser installs Debian's chromium)",
 )
 def test_index_html_renders_in_headless_chromium(tmp_path):
     """index.html copied ALONE into an empty folder (no roc.png beside it) shows both plots."""
@@ -150,11 +161,16 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     assert sorted(p.name for p in alone.iterdir()) == ["index.html"]
-    assert 'data-images="2/2"' in dom  # set by the page's script once every <img> has naturalWidth > 0
+    # set by the page's script once every <img> has naturalWidth > 0
+    assert 'data-images="2/2"' in dom
     refs, imgs = _refs(dom)
     assert len(imgs) == 2 and all(ref.startswith("data:") for ref in refs), [r[:40] for r in refs]
     r = results["synth<b>&lfw"]
-    for number in (f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}", f"{100 * r['val']:.2f}", "200"):
+    for number in (
+        f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
+        f"{100 * r['val']:.2f}",
+        "200",
+    ):
         assert number in dom
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1400, 900)
@@ -171,7 +187,10 @@ def _faces(subjects=6, per=4):
     bases = rng.uniform(0, 255, (subjects, 14, 14, 3)).astype(np.float32)
     images = [
         np.clip(
-            cv2.resize(bases[s], (112, 112), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 12, (112, 112, 3)), 0, 255
+            cv2.resize(bases[s], (112, 112), interpolation=cv2.INTER_CUBIC)
+            + rng.normal(0, 12, (112, 112, 3)),
+            0,
+            255,
         ).astype(np.uint8)
         for s in range(subjects)
         for _ in range(per)
@@ -187,10 +206,18 @@ def test_ijb_report_files_histogram_cmc_and_checks(tmp_path):
     with pytest.raises(FacelabError, match="mean: model 0.0, data 0.5 .*--allow-mismatch mean"):
         ijb.evaluate_ijb(model, root, out=tmp_path / "o", preprocess={"mean": 0.0}, workers=0)
     res = ijb.evaluate_ijb(
-        model, root, out=tmp_path / "o", preprocess={"mean": 0.0}, workers=0, allow_mismatch=["mean"]
+        model,
+        root,
+        out=tmp_path / "o",
+        preprocess={"mean": 0.0},
+        workers=0,
+        allow_mismatch=["mean"],
     )
     v = res["verification"]["N0D1F1"]
-    assert sum(v["histogram"]["genuine"]) == v["positives"] and sum(v["histogram"]["impostor"]) == v["negatives"]
+    assert (
+        sum(v["histogram"]["genuine"]) == v["positives"]
+        and sum(v["histogram"]["impostor"]) == v["negatives"]
+    )
     g = res["identification"]["galleries"]
     meta = ijb.read_ijb_meta(root)
     feats, flips = ijb.extract_features(model, meta, preprocess={"mean": 0.0}, workers=0)
@@ -207,26 +234,36 @@ def test_ijb_report_files_histogram_cmc_and_checks(tmp_path):
 
 
 def test_search_report_and_align_json_check(tmp_path, monkeypatch):
-    import facelab.train.task as task
-
     rng = np.random.default_rng(0)
-    colours = {"ann": (250, 10, 10), "bob": (10, 250, 10), "cyd": (10, 10, 250), "dan": (128, 128, 10)}
+    colours = {
+        "ann": (250, 10, 10),
+        "bob": (10, 250, 10),
+        "cyd": (10, 10, 250),
+        "dan": (128, 128, 10),
+    }
     for folder, names, n in (("gallery", list(colours), 3), ("probes", ["ann", "bob", "dan"], 2)):
         for name in names:
             (tmp_path / folder / name).mkdir(parents=True)
             for i in range(n):
-                img = np.clip(np.array(colours[name]) + rng.integers(-60, 60, (8, 8, 3)), 0, 255).astype(np.uint8)
+                img = np.clip(
+                    np.array(colours[name]) + rng.integers(-60, 60, (8, 8, 3)), 0, 255
+                ).astype(np.uint8)
                 cv2.imwrite(str(tmp_path / folder / name / f"{i}.png"), img)
-    (tmp_path / "gallery" / "align.json").write_text(json.dumps({"aligned": 12, "skipped": 0, "size": 8}))
-    monkeypatch.setattr(task, "load_model", lambda path: (_Embed(), dict(PREPROCESS_DEFAULT, size=112)))
+    (tmp_path / "gallery" / "align.json").write_text(
+        json.dumps({"aligned": 12, "skipped": 0, "size": 8})
+    )
+    monkeypatch.setattr(
+        run, "load_model", lambda path: (_Embed(), dict(PREPROCESS_DEFAULT, size=112))
+    )
     args = ("ck.pt", tmp_path / "gallery", tmp_path / "probes", tmp_path / "out", "exact", 4)
     with pytest.raises(FacelabError, match="'gallery'.*size: model 112, data 8 \\(align.json\\)"):
-        S.search_folders(*args)
-    got = S.search_folders(*args, allow_mismatch=["size"])
+        run.search_folders(*args)
+    got = run.search_folders(*args, allow_mismatch=["size"])
     assert got["data_checks"]["sets"]["gallery"]["size"]["status"] == "overridden"
     assert got["data_checks"]["sets"]["probes"]["size"]["status"] == "not declared"
     cands = json.loads((tmp_path / "out" / "candidates.json").read_text())
-    ranks = [1 + [c[0] for c in p["candidates"]].index(p["identity"]) for p in cands]  # every mate is in the top 4
+    # every mate is in the top 4
+    ranks = [1 + [c[0] for c in p["candidates"]].index(p["identity"]) for p in cands]
     page = (tmp_path / "out" / "index.html").read_text()
     assert _inline_images(page) == [(tmp_path / "out" / "cmc.png").read_bytes()]
     for k in ("1", "4"):

@@ -3,15 +3,18 @@
 import numpy as np
 import pytest
 
-from facelab.eval.thresholds import select_thresholds
+from facelab.eval.protocols.thresholds import select_thresholds
 
 
 def _brute(d, same):
-    """Every candidate threshold t in sorted(d) ∪ {max + 1}, predictions d < t, counted in a loop; the first
-    best by accuracy and by F1, returned as (accuracy, F1, a threshold interval for each)."""
+    """Every candidate threshold t in sorted(d) ∪ {max + 1}, predictions d < t, counted in a loop;
+    the first best by accuracy and by F1, returned as (accuracy, F1, a threshold interval for
+    each)."""
     cands = sorted(set(d.tolist())) + [d.max() + 1.0]
     best_acc, best_f1 = (-1.0, None), (-1.0, None)
-    for lo, t in zip([-np.inf, *cands[:-1]], cands, strict=True):  # predictions are constant on (lo, t]
+    for lo, t in zip(
+        [-np.inf, *cands[:-1]], cands, strict=True
+    ):  # predictions are constant on (lo, t]
         tp = fp = fn = tn = 0
         for di, si in zip(d, same, strict=True):
             pred = di < t

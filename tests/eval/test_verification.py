@@ -1,17 +1,28 @@
 import numpy as np
 import pytest
 from scipy.interpolate import interp1d
+from tests.references.verification import verify_pairs_reference
 
 from facelab.errors import FacelabError
-from facelab.eval.verification import (
+from facelab.eval.protocols.verification import (
     fold_bounds,
     interp1d_slinear,
     pair_distances,
     verify_pairs,
-    verify_pairs_reference,
 )
 
-KEYS = ("accuracy", "accuracy_std", "fold_accuracies", "thresholds", "val", "val_std", "far", "tpr", "fpr", "pairs")
+KEYS = (
+    "accuracy",
+    "accuracy_std",
+    "fold_accuracies",
+    "thresholds",
+    "val",
+    "val_std",
+    "far",
+    "tpr",
+    "fpr",
+    "pairs",
+)
 
 
 def _unit(a):
@@ -30,10 +41,11 @@ def _random_pairs(n, dim=16, seed=0):
 
 
 def _grid_pairs(n, seed=1):
-    """1-d embeddings whose squared distances fall EXACTLY on insightface grid points, many repeated."""
+    """1-d embeddings whose squared distances fall EXACTLY on insightface grid points, repeated."""
     rng = np.random.default_rng(seed)
     grid = np.arange(0, 4, 0.01)
-    exact = [np.sqrt(g) for g in grid if np.sqrt(g) ** 2 == g]  # (a - 0)^2 reproduces the grid value
+    # (a - 0)^2 reproduces the grid value
+    exact = [np.sqrt(g) for g in grid if np.sqrt(g) ** 2 == g]
     pool = np.sort(rng.choice(exact, 24, replace=False))
     a = rng.choice(pool[:16], n)  # same pairs: smaller distances
     b = rng.choice(pool[8:], n)  # different pairs: larger, overlapping
@@ -48,8 +60,8 @@ def _assert_identical(fast, ref):
 
 
 def test_fold_bounds_sizes_and_contiguity():
-    assert fold_bounds(23, 10) == [(0, 3), (3, 6), (6, 9), (9, 11), (11, 13), (13, 15), (15, 17), (17, 19),
-                                   (19, 21), (21, 23)]  # fmt: skip
+    assert fold_bounds(23, 10) == [(0, 3), (3, 6), (6, 9), (9, 11), (11, 13), (13, 15), (15, 17),
+                                   (17, 19), (19, 21), (21, 23)]  # fmt: skip
     assert fold_bounds(6000, 10)[3] == (1800, 2400)
 
 
@@ -71,13 +83,16 @@ def test_identical_to_reference_random(n):
 def test_identical_to_reference_with_ties_on_the_grid():
     e1, e2, same = _grid_pairs(407)
     grid = np.arange(0, 4, 0.01)
-    assert np.isin(pair_distances(e1, e2), grid).all() and len(np.unique(pair_distances(e1, e2))) <= 24
+    assert (
+        np.isin(pair_distances(e1, e2), grid).all() and len(np.unique(pair_distances(e1, e2))) <= 24
+    )
     _assert_identical(verify_pairs(e1, e2, same), verify_pairs_reference(e1, e2, same))
 
 
 def _hand_case():
-    """20 pairs, 10 folds of (same, different). Same 0.25, different 3.0625; one hard positive (2.25) in
-    fold 3, one hard negative (0.0625) in fold 7. All distances exact squares of dyadic numbers."""
+    """20 pairs, 10 folds of (same, different). Same 0.25, different 3.0625; one hard positive
+    (2.25) in fold 3, one hard negative (0.0625) in fold 7. All distances exact squares of dyadic
+    numbers."""
     dist = np.tile([0.25, 3.0625], 10)
     dist[6], dist[15] = 2.25, 0.0625
     same = np.tile([True, False], 10)
@@ -87,14 +102,16 @@ def _hand_case():
 def test_hand_computed_tiny_case():
     e1, e2, same = _hand_case()
     r = verify_pairs(e1, e2, same)
-    # Folds other than 3: train best on (2.25, 3.0625] -> first grid point 2.26 (2.25 itself rejects 2.25,
-    # since same means dist < t); fold 3's train has no hard positive -> first point above 0.25.
+    # Folds other than 3: train best on (2.25, 3.0625] -> first grid point 2.26 (2.25 itself rejects
+    # 2.25, since same means dist < t); fold 3's train has no hard positive -> first point above
+    # 0.25.
     grid = np.arange(0, 4, 0.01)
     assert r["thresholds"] == [grid[226]] * 3 + [grid[26]] + [grid[226]] * 6
     assert r["fold_accuracies"] == [1, 1, 1, 0.5, 1, 1, 1, 0.5, 1, 1]
     assert r["accuracy"] == pytest.approx(0.9) and r["accuracy_std"] == pytest.approx(0.2)
     # VAL@1e-3: folds with the hard negative in train interpolate between FAR 0 (t=0.062) and 1/9
-    # (t=0.063) -> t ~ 0.062, nothing accepted; fold 7 interpolates between 3.062 and 3.063 -> accepts both.
+    # (t=0.063) -> t ~ 0.062, nothing accepted; fold 7 interpolates between 3.062 and 3.063 ->
+    # accepts both.
     assert r["val"] == pytest.approx(0.1) and r["far"] == pytest.approx(0.1)
     assert r["val_std"] == pytest.approx(0.3)
     _assert_identical(r, verify_pairs_reference(e1, e2, same))
@@ -111,7 +128,8 @@ def test_perfect_separation():
 
 
 def test_val_zero_threshold_branch():
-    # Different pairs are antipodal (dist 4): training FAR is 0 on the whole grid < target -> threshold 0.0.
+    # Different pairs are antipodal (dist 4): training FAR is 0 on the whole grid < target ->
+    # threshold 0.0.
     e1 = np.ones((40, 1))
     same = np.arange(40) % 2 == 0
     e2 = np.where(same[:, None], 0.9, -1.0)
@@ -134,8 +152,10 @@ def test_interp1d_slinear_equals_scipy_without_ties():
 def test_interp1d_slinear_ties_use_last_of_lower_run_and_first_of_upper():
     far = np.array([0, 0, 0, 0.5, 0.5, 1.0])
     thr = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    assert interp1d_slinear(far, thr, 0.25) == pytest.approx(0.25)  # between (0, 0.2) and (0.5, 0.3)
-    assert interp1d_slinear(far, thr, 0.75) == pytest.approx(0.45)  # between (0.5, 0.4) and (1, 0.5)
+    # between (0, 0.2) and (0.5, 0.3)
+    assert interp1d_slinear(far, thr, 0.25) == pytest.approx(0.25)
+    # between (0.5, 0.4) and (1, 0.5)
+    assert interp1d_slinear(far, thr, 0.75) == pytest.approx(0.45)
     assert interp1d_slinear(far, thr, 0.5) == pytest.approx(0.4)
     for at in np.linspace(0, 0.999, 37):  # numpy's interp resolves ties the same way
         assert interp1d_slinear(far, thr, at) == pytest.approx(np.interp(at, far, thr), abs=1e-12)
@@ -152,7 +172,8 @@ def test_exact_rule_picks_first_best_training_cut():
         accs = [np.mean((dt < t) == st) for t in np.r_[np.sort(dt), np.inf]]  # every cut, by loop
         chosen = r["thresholds"][k]
         assert np.mean((dt < chosen) == st) == max(accs)
-        assert not any(np.mean((dt < t) == st) == max(accs) for t in dt[dt < chosen])  # first best cut
+        # first best cut
+        assert not any(np.mean((dt < t) == st) == max(accs) for t in dt[dt < chosen])
         assert r["fold_accuracies"][k] == np.mean((d[a:b] < chosen) == same[a:b])
     assert r["accuracy"] == pytest.approx(np.mean(r["fold_accuracies"]))
 
@@ -172,7 +193,9 @@ def test_spread_options_and_convention():
 
 def test_same_accepts_0_1_integers():
     e1, e2, same = _random_pairs(100, seed=4)
-    assert verify_pairs(e1, e2, same.astype(int))["accuracy"] == verify_pairs(e1, e2, same)["accuracy"]
+    assert (
+        verify_pairs(e1, e2, same.astype(int))["accuracy"] == verify_pairs(e1, e2, same)["accuracy"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime agrees with torch, metadata round trip, evaluation of an export (same numbers as
 the checkpoint, same data checks), bad files and failed exports refused, every backbone exports."""
 
+import importlib
 import json
 import logging
 
@@ -13,6 +14,8 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
+from tests.references.float_paths import DIST_TOL, fold_accuracies_within  # noqa: E402
+
 import facelab.export as E  # noqa: E402
 from facelab.backbones import BACKBONES  # noqa: E402
 from facelab.cli import main  # noqa: E402
@@ -21,10 +24,9 @@ from facelab.data.pairsets import load_bin, write_bin  # noqa: E402
 from facelab.data.transforms import check_preprocess  # noqa: E402
 from facelab.errors import FacelabError  # noqa: E402
 from facelab.eval.embed import embed_images  # noqa: E402
-from facelab.eval.verification import pair_distances  # noqa: E402
-from facelab.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from facelab.train.task import build_model, load_model  # noqa: E402
-from float_paths import DIST_TOL, fold_accuracies_within  # noqa: E402
+from facelab.eval.protocols.verification import pair_distances  # noqa: E402
+from facelab.model import build_model, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from facelab.onnx_model import OnnxEmbedder  # noqa: E402
 
 PRE = {"size": 112, "mean": [0.5, 0.45, 0.4], "std": 0.5}  # one non-default field: it must survive the trip
 
@@ -83,7 +85,7 @@ def test_onnxruntime_matches_torch_with_a_dynamic_batch(exported):
     batch_dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic, not a fixed size
     onnx_model, _ = load_model(path)
-    assert isinstance(onnx_model, E.OnnxEmbedder)
+    assert isinstance(onnx_model, OnnxEmbedder)
     gen = torch.Generator().manual_seed(3)
     for batch in (1, 4, 7):
         x = torch.rand(batch, 3, 112, 112, generator=gen) * 2 - 1  # [B, 3, H, W]
@@ -264,12 +266,10 @@ def test_cli_export_exit_codes(cached_export, tmp_path, caplog, capsys):
 def test_cli_export_to_an_unwritable_folder_fails_before_any_work(
     cached_export, tmp_path, monkeypatch, capsys
 ):
-    import facelab.train.checkpoint
-
     def must_not_run(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the output folder was checked")
 
-    monkeypatch.setattr(facelab.train.checkpoint, "load_checkpoint", must_not_run)
+    monkeypatch.setattr(E, "load_checkpoint", must_not_run)
     monkeypatch.setattr(E, "_to_onnx", must_not_run)
     (tmp_path / "afile").write_text("a regular file")
     folder = tmp_path / "afile" / "sub"
@@ -306,13 +306,13 @@ def test_backbones_export(tmp_path, backbone, groups):
 
 
 def test_missing_onnxruntime_says_how_to_install(exported, monkeypatch):
-    real = E.importlib.import_module
+    real = importlib.import_module
 
     def without_ort(name, *a):
         if name == "onnxruntime":
             raise ImportError(name)
         return real(name, *a)
 
-    monkeypatch.setattr(E.importlib, "import_module", without_ort)
+    monkeypatch.setattr(importlib, "import_module", without_ort)
     with pytest.raises(FacelabError, match=r"onnxruntime is not installed.*pip install 'facelab\[export\]'"):
         load_model(exported[1])

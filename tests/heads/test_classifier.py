@@ -1,4 +1,5 @@
-"""Classifier: cosines against a loop computation, sub-centre max, raw logits, sharded layout at world size 1."""
+"""Classifier: cosines against a loop computation, sub-centre max, raw logits, sharded layout at
+world size 1, per-class margins (AdaM-Softmax) and their validation."""
 
 import math
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 from facelab.errors import FacelabError
-from facelab.heads import Classifier
-from facelab.heads.classifier import class_range, local_labels, target_cos
+from facelab.heads import Classifier, FaceHead, build_head, build_margin
+from facelab.heads.shards import class_range, local_labels, target_cos
 
 
 def loop_cos(x, w):
@@ -156,3 +157,40 @@ def test_bad_configuration(kwargs, field):
 def test_bad_inputs(x, labels, what):
     with pytest.raises(FacelabError, match=what):
         Classifier(5, 7)(x, labels)
+
+
+def test_adam_margins_live_in_the_classifier_without_weight_decay():
+    from facelab.train.optim import param_groups
+
+    torch.manual_seed(0)
+    head = build_head("adam_softmax", 6, 5)
+    m = head.classifier.class_margins
+    assert m.shape == (5,) and ((m >= 0.3) & (m <= 0.4)).all()
+    decay, no_decay = param_groups(head, 5e-4)
+    assert any(p is m for p in no_decay["params"]) and not any(p is m for p in decay["params"])
+    x, labels = torch.randn(8, 6), torch.randint(0, 5, (8,))
+    losses = head(x, labels)
+    assert set(losses) == {"loss", "ce", "reg"}
+    assert losses["reg"].item() == pytest.approx(70.0 * (1 - m.clamp(0, 1).mean().item()), rel=1e-6)
+    losses["loss"].backward()
+    assert torch.isfinite(m.grad).all() and (m.grad != 0).any()
+    assert "classifier.class_margins" in head.state_dict()
+    c = head.classifier(x, labels)
+    assert c.class_margins.dtype == torch.float32 and torch.equal(c.class_margins, m.detach())
+    assert Classifier(6, 5)(x, labels).class_margins is None  # the default: no per-class margins
+    with pytest.raises(FacelabError, match="per-class margins"):
+        FaceHead(Classifier(6, 5), build_margin("adam_softmax"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"class_margins": (0.5, 0.2)},
+        {"class_margins": (-0.1, 0.2)},
+        {"class_margins": 0.3},
+        {"class_margins": (0.3, 0.4), "normalize": False},
+    ],
+)
+def test_classifier_rejects_bad_class_margins(kwargs):
+    with pytest.raises(FacelabError, match="class_margins"):
+        Classifier(6, 5, **kwargs)

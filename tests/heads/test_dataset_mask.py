@@ -8,7 +8,7 @@ import torch
 
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, build_head
-from facelab.heads.dataset_mask import DatasetMask, cell_hash, logit_columns
+from facelab.heads.dataset_mask import DatasetMask, cell_hash
 from facelab.heads.margins import MARGINS as REGISTRY
 
 OFFSETS = [0, 3, 7, 10]  # datasets of 3, 4 and 3 classes
@@ -27,10 +27,10 @@ def loop_loss(logits, labels, allowed):
     return torch.stack(terms).mean()
 
 
-def setup(margin, kwargs, p=0.0, seed=0):
+def setup(margin, kwargs, p=0.0, seed=0, classifier_kwargs=None):
     torch.manual_seed(seed)
-    head = build_head(margin, 6, 10, **kwargs)
-    head.dataset_mask = DatasetMask(OFFSETS, p, seed=3)
+    head = build_head(margin, 6, 10, classifier_kwargs=classifier_kwargs,
+                      dataset_mask=DatasetMask(OFFSETS, p, seed=3), **kwargs)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(12, 6, generator=g, requires_grad=True)
     labels = torch.randint(0, 10, (12,), generator=g)
@@ -60,7 +60,8 @@ def test_softmax_runs_over_own_dataset_only(margin, kwargs):
 @pytest.mark.parametrize(("margin", "kwargs"), MARGINS[:3])
 def test_crossing_dropout_adds_the_drawn_columns(margin, kwargs):
     head, x, labels = setup(margin, kwargs, p=0.3)
-    head.dataset_mask.step = 5
+    head.set_step(5)
+    assert head.dataset_mask.step == 5
     loss = head(x, labels)["ce"]
     gx, = torch.autograd.grad(loss, [x])
     keep = head.dataset_mask.keep(labels, torch.arange(10))  # the same draw (seed, step): deterministic
@@ -79,7 +80,7 @@ def registry_setup(margin, p):
     MagFace's [l_a, u_a] = [10, 110], so its margin and regulariser see the norm) and labels; training mode."""
     head, x, labels = setup(margin, {}, p=p)
     head.double()
-    head.dataset_mask.step = 5
+    head.set_step(5)
     return head, (20.0 * x.detach()).double().requires_grad_(), labels
 
 
@@ -109,7 +110,7 @@ def test_every_registered_margin_softmax_runs_over_the_kept_columns(margin, p):
         kept = own
     else:  # the crossing-dropout draw (seed, step, first column): the one the head took
         keep = DatasetMask(OFFSETS, p, seed=3)
-        keep.step = 5
+        keep.set_step(5)
         draw = keep.keep(labels, torch.arange(10))
         kept = [[j for j in range(10) if draw[i, j]] for i in range(12)]
         assert all(set(o) <= set(k) for o, k in zip(own, kept, strict=True))
@@ -177,16 +178,24 @@ def test_dropout_draws_are_independent_across_rows_columns_and_steps():
 
 def test_mask_uses_global_ids_of_a_shard_and_of_mined_columns():
     shard = Classifier(6, 10, rank=1, world_size=2)  # holds classes [5, 10)
-    cols = logit_columns(shard)
+    sharded = build_head("arcface", 6, 10, classifier_kwargs={"rank": 1, "world_size": 2})
+    assert sharded.sharded and sharded.classifier.start == 5
+    x0, y0 = torch.randn(4, 6), torch.tensor([0, 4, 8, 9])  # no process group: the collectives are identities
+    assert shard(x0, y0).columns is None  # every class of the rank, in order
+    cols = sharded.forward_with_logits(x0, y0).columns
     assert cols.tolist() == [5, 6, 7, 8, 9]
+    assert torch.equal(cols, torch.arange(shard.start, shard.end))
     keep = DatasetMask(OFFSETS).keep(torch.tensor([0, 4, 8]), cols)
     expected = [[dataset_by_loop(c) == dataset_by_loop(y) for c in cols.tolist()] for y in (0, 4, 8)]
     assert keep.tolist() == expected
-    head, x, labels = setup("arcface", {"s": 16.0})
-    head.classifier.hard_prototypes = 2
-    loss = head(x, labels)["ce"]
-    columns = head.classifier.columns.tolist()
-    raw = head.margin(head.classifier(x, labels)).float()  # same mining (same weights and labels)
+    head, x, labels = setup("arcface", {"s": 16.0}, classifier_kwargs={"hard_prototypes": 2})
+    out = head.forward_with_logits(x, labels)
+    loss = out.losses["ce"]
+    columns = out.columns.tolist()
+    assert len(columns) < 10  # mining selected a subset of the classes
+    c = head.classifier(x, labels)  # same mining (same weights and labels)
+    assert c.columns.tolist() == columns
+    raw = head.margin(c).float()
     local = {c: k for k, c in enumerate(columns)}
     allowed = [[local[c] for c in columns if dataset_by_loop(c) == dataset_by_loop(y)] for y in labels.tolist()]
     expected = loop_loss(raw, torch.tensor([local[y] for y in labels.tolist()]), allowed)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from facelab.errors import FacelabError
 from facelab.heads import Classifier, Cosines, build_head
-from facelab.heads.classifier import hard_prototypes
+from facelab.heads.prototypes import hard_prototypes
 
 C, D = 12, 6
 
@@ -51,9 +51,9 @@ def test_selected_columns_and_cosines_match_the_loop(k, sub):
     labels = torch.tensor([3, 7, 3, 0, 11])
     c = clf(x, labels)
     cols = ref_selected(clf.weight, labels.tolist(), k, sub)
-    assert clf.columns.tolist() == cols and c.cos.shape == (5, len(cols))
+    assert c.columns.tolist() == cols and c.cos.shape == (5, len(cols))
     full = clf.eval()(x, labels)  # eval mode: every class, no mining
-    assert clf.columns is None and full.cos.shape == (5, C)
+    assert full.columns is None and full.cos.shape == (5, C)
     torch.testing.assert_close(c.cos, full.cos[:, cols], rtol=0, atol=1e-14)
     assert [cols[j] for j in c.labels.tolist()] == labels.tolist()  # labels remapped to the selected columns
     torch.testing.assert_close(c.target_cos, full.target_cos, rtol=0, atol=1e-14)
@@ -78,21 +78,23 @@ def test_loss_runs_over_the_mined_classes(margin):
     """Head loss with mining == cross-entropy of the margin over the selected columns of the full cosines
     (transcribed from the full classifier output), and gradients reach only the selected centres."""
     torch.manual_seed(3)
-    head = build_head(margin, D, C).double().train()
-    head.classifier.hard_prototypes = 2
+    head = build_head(margin, D, C, classifier_kwargs={"hard_prototypes": 2}).double().train()
     x = torch.randn(6, D, dtype=torch.float64)
     labels = torch.tensor([1, 1, 4, 9, 2, 4])
-    loss = head(x, labels)["ce"]
+    plain = build_head(margin, D, C).double().train()  # no mining, the same weights
+    plain.load_state_dict(head.state_dict())
+    out = head.forward_with_logits(x, labels)
+    loss = out.losses["ce"]
     cols = ref_selected(head.classifier.weight, labels.tolist(), 2, head.classifier.sub_centers)
-    head.classifier.hard_prototypes = 0
-    full = head.classifier(x, labels)
+    assert out.columns.tolist() == cols and out.logits.shape == (6, len(cols))
+    full = plain.classifier(x, labels)
+    assert full.columns is None and full.cos.shape == (6, C)
     remapped = torch.tensor([cols.index(y) for y in labels.tolist()])
     margins = None if full.class_margins is None else full.class_margins[cols]
     sub = Cosines(full.cos[:, cols], remapped, full.target_cos, full.norms, margins)
     expected = F.cross_entropy(head.margin(sub), remapped)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the head takes the CE in float32
     head.zero_grad()
-    head.classifier.hard_prototypes = 2
     head(x, labels)["loss"].backward()
     grad = head.classifier.weight.grad.view(C, -1).abs().sum(1)  # [C]
     assert set(torch.nonzero(grad).flatten().tolist()) == set(cols)
@@ -103,9 +105,12 @@ def test_mining_every_class_is_the_plain_head():
     head = build_head("cosface", D, C).double().train()
     x, labels = torch.randn(5, D, dtype=torch.float64), torch.tensor([0, 3, 3, 8, 11])
     plain = head(x, labels)["loss"]
-    head.classifier.hard_prototypes = C - 1
-    mined = head(x, labels)["loss"]
-    assert head.classifier.columns.tolist() == list(range(C))
+    every = build_head("cosface", D, C, classifier_kwargs={"hard_prototypes": C - 1}).double().train()
+    every.load_state_dict(head.state_dict())  # the same weights, mining every class
+    out = every.forward_with_logits(x, labels)
+    mined = out.losses["loss"]
+    assert out.columns.tolist() == list(range(C))
+    assert every.classifier(x, labels).columns.tolist() == list(range(C))  # selected, not None
     assert mined.item() == pytest.approx(plain.item(), rel=1e-14)
 
 

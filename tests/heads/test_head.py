@@ -29,8 +29,12 @@ def test_loss_is_the_cross_entropy_of_the_margin_logits(margin, kwargs):
     torch.manual_seed(0)
     head = build_head(margin, 6, 5, **kwargs)
     x, labels = inputs()
-    losses, logits = head.forward_with_logits(x, labels)
+    out = head.forward_with_logits(x, labels)
+    losses, logits, columns = out
     assert set(losses) == {"loss", "ce"}
+    assert not head.sharded
+    assert torch.equal(columns, torch.arange(5))  # every class, in order
+    assert torch.equal(head.correct(out, labels), logits.argmax(dim=1) == labels)
     expected_logits = head.margin(head.classifier(x, labels))
     torch.testing.assert_close(logits, expected_logits)
     assert losses["ce"].dtype == torch.float32
@@ -81,3 +85,9 @@ def test_loss_in_float32_under_autocast():
         auto = head(x, labels)["loss"]
     assert auto.dtype == torch.float32
     torch.testing.assert_close(auto, plain)
+
+
+def test_build_head_gives_subcenter_arcface_three_subcentres_unless_told():
+    assert build_head("subcenter_arcface", 6, 5).classifier.sub_centers == 3
+    assert build_head("subcenter_arcface", 6, 5, sub_centers=2).classifier.sub_centers == 2
+    assert build_head("arcface", 6, 5).classifier.sub_centers == 1

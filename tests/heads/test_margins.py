@@ -1,108 +1,29 @@
-"""Every margin against a float64 loop-based transcription of its METHODS.md equation: values and gradients.
+"""Margins whose target logit is a function of the target cosine alone (softmax, NormFace,
+SphereFace, CosFace, ArcFace, combined) against their float64 loop transcriptions: values and
+gradients.
 
-A reference target logit is written once as `ref(c, ops, **params)`: run with python floats and the
-`math` module it gives the values; run with 0-d float64 tensors and `TORCH_OPS` it gives gradients by
-autograd. Branches are python `if`s over one scalar at a time, so a NaN leaking from an unselected
-branch of the vectorised code, or a wrong mask, shows up as a mismatch.
+The references and how they run are in tests/references/margins.py (TARGET_REFERENCE); the other
+margins are tested in test_margins_with_context.py.
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.references.margins import (
+    TARGET_REFERENCE,
+    THETAS,
+    TORCH_OPS,
+    batch,
+    reference_logits,
+    target_curve,
+)
 
 from facelab.errors import FacelabError
 from facelab.heads import MARGINS, Cosines, build_margin
 from facelab.heads.margins import margin_parameters
 
-
-def _scalar(fn):
-    return lambda x: fn(torch.as_tensor(x, dtype=torch.float64))  # a clamped value may be a plain float
-
-
-TORCH_OPS = SimpleNamespace(acos=_scalar(torch.acos), cos=_scalar(torch.cos), sin=_scalar(torch.sin))
-
-
-def clamp(c):
-    return min(max(c, -1.0 + 1e-7), 1.0 - 1e-7)
-
-
-def ref_softmax(c, ops):
-    return c
-
-
-def ref_normface(c, ops, s):
-    return s * c
-
-
-def ref_cosface(c, ops, s, m):
-    return s * (c - m)
-
-
-def ref_arcface(c, ops, s, m, easy_margin, straight_through):
-    theta = ops.acos(clamp(c))
-    if easy_margin:
-        value = ops.cos(theta + m) if c > 0 else c
-    elif theta + m <= math.pi:
-        value = ops.cos(theta + m)
-    else:
-        value = c - m * math.sin(m)
-    if straight_through:
-        value = c + float(value - c) if isinstance(c, float) else c + (value - c).detach()  # derivative of c
-    return s * value
-
-
-def ref_sphereface(c, ops, s, m1):
-    theta = ops.acos(clamp(c))
-    k = 0
-    while theta > (k + 1) * math.pi / m1:  # theta in [k pi/m1, (k+1) pi/m1]
-        k += 1
-    return s * ((-1) ** k * ops.cos(m1 * theta) - 2 * k)
-
-
-def ref_combined(c, ops, s, m1, m2, m3):
-    theta = ops.acos(clamp(c))
-    if m1 * theta + m2 <= math.pi:
-        return s * (ops.cos(m1 * theta + m2) - m3)
-    phi = math.pi - (math.pi - m2) / m1  # documented fallback: generalised ArcFace th/mm
-    mm = max(phi * math.sin(phi), 1 - math.cos(phi))
-    return s * (c - mm - m3)
-
-
-# name -> (target-logit reference, METHODS.md defaults, extra configurations to test)
-REFERENCE = {
-    "softmax": (ref_softmax, {}, [{}]),
-    "normface": (ref_normface, {"s": 64.0}, [{}, {"s": 30.0}]),
-    "sphereface": (ref_sphereface, {"s": 64.0, "m1": 1.35}, [{}, {"m1": 1.0}, {"m1": 2.5}, {"m1": 4.0, "s": 30.0}]),
-    "cosface": (ref_cosface, {"s": 64.0, "m": 0.35}, [{}, {"m": 0.2, "s": 30.0}]),
-    "arcface": (
-        ref_arcface,
-        {"s": 64.0, "m": 0.5, "easy_margin": False, "straight_through": False},
-        [{}, {"m": 0.3, "s": 30.0}, {"easy_margin": True}, {"straight_through": True}],
-    ),
-    "combined": (
-        ref_combined,
-        {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
-        [{}, {"m1": 1.35}, {"m1": 2.0, "m2": 0.5, "m3": 0.1}, {"m1": 1.0, "m2": 0.5, "m3": 0.0}],
-    ),
-}
-CASES = [(name, config) for name, (_, _, configs) in REFERENCE.items() for config in configs]
-
-# target angles: exactly 0 and pi (|cos| = 1), near them, both sides of every fallback threshold
-THETAS = [0.0, 1e-3, 0.2, 0.7, 1.2, math.pi / 2, 2.0, 2.5, 2.7, 2.9, 3.0, math.pi - 1e-3, math.pi]
-NUM_CLASSES = 5
-
-
-def batch(thetas, dtype=torch.float64, seed=0):
-    """cos [B+1, C] with row i's target at angle thetas[i]; the last row has label -1 (target elsewhere)."""
-    g = torch.Generator().manual_seed(seed)
-    b = len(thetas)
-    cos = torch.rand(b + 1, NUM_CLASSES, generator=g, dtype=torch.float64) * 2 - 1
-    labels = torch.tensor([i % NUM_CLASSES for i in range(b)] + [-1])
-    for i, theta in enumerate(thetas):
-        cos[i, labels[i]] = -1.0 if theta == math.pi else math.cos(theta)
-    return cos.to(dtype), labels
+CASES = [(name, config) for name, (_, _, configs) in TARGET_REFERENCE.items() for config in configs]
 
 
 def cosines(cos, labels):
@@ -112,19 +33,8 @@ def cosines(cos, labels):
     return Cosines(cos, labels, target, torch.ones_like(picked))
 
 
-def reference_logits(name, params, cos, labels, ops):
-    """Loops over samples and classes; cos is a list of lists of floats (math) or a tensor (torch)."""
-    ref = REFERENCE[name][0]
-    base = (lambda c: c) if name == "softmax" else (lambda c: params["s"] * c)
-    rows = []
-    for i in range(len(labels)):
-        row = [ref(cos[i][j], ops, **params) if j == labels[i] else base(cos[i][j]) for j in range(NUM_CLASSES)]
-        rows.append(row)
-    return rows
-
-
 def module_and_reference(name, config, thetas=THETAS):
-    params = {**REFERENCE[name][1], **config}
+    params = {**TARGET_REFERENCE[name][1], **config}
     margin = build_margin(name, **config)
     cos, labels = batch(thetas)
     weights = torch.randn(cos.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -142,13 +52,14 @@ def module_and_reference(name, config, thetas=THETAS):
 
 
 def test_every_reference_is_registered():
-    """The other half, every registry entry covered here or in test_margins_wave2.py, is tested there."""
-    assert set(REFERENCE) <= set(MARGINS)
+    """The other half (every registry entry covered here or in test_margins_with_context.py) is
+    tested there."""
+    assert set(TARGET_REFERENCE) <= set(MARGINS)
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("name", sorted(TARGET_REFERENCE))
 def test_defaults_follow_methods(name):
-    defaults = REFERENCE[name][1]
+    defaults = TARGET_REFERENCE[name][1]
     assert set(margin_parameters(name)) == set(defaults)
     margin = MARGINS[name]()
     assert margin.name == name
@@ -193,7 +104,7 @@ def test_float32_finite_at_abs_cos_one(name, config):
     assert torch.isfinite(logits).all() and torch.isfinite(leaf.grad).all()
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("name", sorted(TARGET_REFERENCE))
 def test_rows_without_local_target_untouched_and_input_kept(name):
     cos, labels = batch(THETAS)
     before = cos.clone()
@@ -204,15 +115,6 @@ def test_rows_without_local_target_untouched_and_input_kept(name):
     non_target = torch.ones_like(cos, dtype=torch.bool)
     non_target[torch.arange(len(THETAS)), labels[:-1]] = False
     torch.testing.assert_close(logits[non_target], scale * cos[non_target], rtol=0, atol=0)
-
-
-def target_curve(margin, thetas):
-    """Target logit and d logit / d cos along the given target angles (one sample per angle)."""
-    cos = torch.cos(thetas).clamp(-1, 1).requires_grad_(True)
-    c = Cosines(cos[:, None], torch.zeros(len(thetas), dtype=torch.int64), cos, torch.ones_like(cos))
-    logit = margin(c)[:, 0]
-    (grad,) = torch.autograd.grad(logit.sum(), cos)
-    return logit.detach(), grad
 
 
 @pytest.mark.parametrize("m", [0.2, 0.35, 0.5])

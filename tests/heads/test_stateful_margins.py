@@ -6,7 +6,13 @@ import math
 
 import pytest
 import torch
-from test_margins_wave2 import NUM_CLASSES, cosines_of, reference_run, resolved, updated_state
+from tests.references.margins import (
+    NUM_CLASSES,
+    cosines_of,
+    reference_run,
+    resolved,
+    updated_state,
+)
 
 from facelab.heads import build_head, build_margin
 

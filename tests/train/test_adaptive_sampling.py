@@ -5,12 +5,12 @@ correctness feedback, and the weights saved in the checkpoint."""
 import numpy as np
 import pytest
 import torch
-from test_every_head_trains import keep_torch_threads, make_identity_folder, recipe  # noqa: F401 (autouse)
+from tests.references.tiny_runs import make_identity_folder, recipe
 
 from facelab.config import config_from_dict
 from facelab.data.samplers import AdaptiveBatchSampler
 from facelab.data.transforms import PREPROCESS_DEFAULT, to_input
-from facelab.train.checkpoint import load_checkpoint
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
 from facelab.train.task import FaceTask
 
@@ -91,7 +91,7 @@ def test_state_dict_resumes_the_same_batches():
 
 
 def test_task_reports_per_sample_correctness(tmp_path):
-    """FaceTask.correct: the label's column holds the highest training logit (with mining, columns mapped
+    """TaskOutput.correct: the label's column holds the highest training logit (with mining, columns mapped
     back to class ids)."""
     cfg = config_from_dict(recipe(tmp_path, tmp_path / "r", margin="cosface", width=4,
                                   extra={"head": {"hard_prototypes": 1, "kwargs": {"m": 0.0}}}))
@@ -99,25 +99,26 @@ def test_task_reports_per_sample_correctness(tmp_path):
     task = FaceTask(cfg, num_classes=7, preprocess={**PREPROCESS_DEFAULT, "size": 112}).train()
     images = torch.randint(0, 256, (6, 3, 112, 112), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
-    task(images, labels)
-    assert task.correct is None  # not computed unless Adaptive Data Sampling asks for it
+    assert task(images, labels).correct is None  # not computed unless Adaptive Data Sampling asks for it
     task.track_correct = True
-    task(images, labels)
+    correct = task(images, labels).correct
     emb = task.backbone(to_input(images, task.preprocess))
-    _, logits = task.head.forward_with_logits(emb, labels)
-    columns = task.head.classifier.columns.tolist()
+    out = task.head.forward_with_logits(emb, labels)
+    columns = out.columns.tolist()
     expected = [columns[max(range(len(row)), key=row.__getitem__)] == y for row, y in zip(
-        logits.tolist(), labels.tolist(), strict=True)]
-    assert task.correct.tolist() == expected
+        out.logits.tolist(), labels.tolist(), strict=True)]
+    assert correct.tolist() == expected
+    assert task.head.correct(out, labels).tolist() == expected
     task.eval()  # every class, no mining; samples 0 and 3 made right and 1 wrong by construction
     with torch.no_grad():
         emb = task.backbone(to_input(images, task.preprocess))
         task.head.classifier.weight[0] = emb[0]
         task.head.classifier.weight[3] = emb[3]
         task.head.classifier.weight[6] = emb[1]  # class 6 is not sample 1's
-        task(images, labels)
-    assert task.head.classifier.columns is None
-    assert task.correct[0] and task.correct[3] and not task.correct[1]
+        correct = task(images, labels).correct
+        assert task.head.classifier(emb, labels).columns is None
+        assert task.head.forward_with_logits(emb, labels).columns.tolist() == list(range(7))
+    assert correct[0] and correct[3] and not correct[1]
 
 
 @pytest.mark.parametrize("stop", [2, 3])  # mid-epoch and at the epoch boundary (3 batches per epoch)

@@ -7,13 +7,12 @@ loads and embeds with, close to the GPU's embeddings."""
 
 import pytest
 import torch
-from test_every_head_trains import keep_torch_threads, make_identity_folder, recipe  # noqa: F401 (autouse)
+from tests.references.tiny_runs import make_identity_folder, recipe
 
 from facelab.config import config_from_dict
 from facelab.data.transforms import to_input
-from facelab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from facelab.model import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
 from facelab.train.loop import train
-from facelab.train.task import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

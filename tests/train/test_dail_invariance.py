@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from facelab.train.dail import DatasetInvariance, grad_reverse, grl_lambda
+from facelab.losses.dail import DatasetInvariance, grad_reverse, grl_lambda
 
 OFFSETS = [0, 4, 9]
 

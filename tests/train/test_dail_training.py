@@ -7,7 +7,7 @@ import torch
 
 from facelab.config import config_from_dict
 from facelab.errors import FacelabError
-from facelab.train.checkpoint import load_checkpoint
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
 
 

@@ -9,7 +9,7 @@ import json
 import math
 
 import pytest
-from test_every_head_trains import keep_torch_threads, make_identity_folder, recipe  # noqa: F401 (autouse)
+from tests.references.tiny_runs import make_identity_folder, recipe
 
 from facelab.config import config_from_dict
 from facelab.train.loop import train

@@ -2,43 +2,16 @@
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from facelab.backbones import build_backbone
 from facelab.config import config_from_dict
-from facelab.data.pairsets import write_bin
 from facelab.errors import FacelabError
 from facelab.heads import build_head
-from facelab.train.checkpoint import load_checkpoint
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
-
-
-def _identity_image(rng, base):
-    img = base + rng.normal(0, 12, base.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """6 identities × 4 images: each identity a fixed smooth colour field plus noise."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    bases = [cv2.resize(rng.uniform(0, 255, (4, 4, 3)), (112, 112)) for _ in range(8)]
-    for c in range(6):
-        for k in range(4):
-            path = root / "train" / f"id{c}" / f"{k}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), _identity_image(rng, bases[c]))
-    images, same = [], []
-    for i in range(20):  # pairs from two held-out identities and the training ones
-        a, b = (6, 6) if i % 2 == 0 else (6, 7)
-        images += [_identity_image(rng, bases[a]), _identity_image(rng, bases[b])]
-        same.append(a == b)
-    write_bin(root / "val.bin", images, same)
-    return root
 
 
 def _cfg(root, out, **train):

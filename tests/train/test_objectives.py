@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-from torch import nn
 
 from facelab.config import config_from_dict
 from facelab.errors import FacelabError
+from facelab.losses.base import Objective
 from facelab.train.task import FaceTask
 
 
-class MeanNorm(nn.Module):
+class MeanNorm(Objective):
     """A toy objective: weight · mean |x|, and it records the extras it was given."""
 
     def __init__(self, weight: float, name: str = "norm") -> None:
@@ -31,10 +31,12 @@ def _task():
 def test_objective_terms_join_the_loss_and_see_the_extras():
     task = _task()
     images, labels = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
-    plain = task(images, labels)
+    plain = task(images, labels).losses
     task.objectives["norm"] = MeanNorm(0.5)
     hard = torch.tensor([True, False, True, False])
-    losses = task(images, labels, hard=hard)
+    out = task(images, labels, hard=hard)
+    assert out.correct is None  # not tracked without Adaptive Data Sampling
+    losses = out.losses
     assert torch.equal(task.objectives["norm"].seen["hard"], hard)
     assert losses["ce"].item() == pytest.approx(plain["ce"].item())
     assert losses["loss"].item() == pytest.approx(plain["loss"].item() + losses["norm"].item(), rel=1e-6)

@@ -5,17 +5,16 @@ import json
 
 import pytest
 import torch
-from test_every_head_trains import keep_torch_threads, make_identity_folder, recipe  # noqa: F401 (autouse)
-from test_loop import tiny_data  # noqa: F401 (fixture: train folder + val.bin)
+from tests.references.float_paths import DIST_TOL
+from tests.references.tiny_runs import make_identity_folder, recipe
 
 from facelab.config import config_from_dict
 from facelab.data.transforms import PREPROCESS_DEFAULT, to_input
 from facelab.errors import FacelabError
-from facelab.eval.thresholds import select_thresholds
-from facelab.train.checkpoint import load_checkpoint
+from facelab.eval.protocols.thresholds import select_thresholds
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
 from facelab.train.task import FaceTask
-from float_paths import DIST_TOL
 
 MARGIN_PK = {"objective": "pairs", "pairs": {"loss": "margin", "miner": "distance_weighted"},
              "data": {"sampler": "pk", "pk_k": 4}}
@@ -30,7 +29,7 @@ def _cfg(folder, out, extra, steps=4, val=None):
     return config_from_dict(data)
 
 
-def test_pairs_objective_trains_without_a_head_and_optimises_beta(tiny_data, tmp_path):  # noqa: F811
+def test_pairs_objective_trains_without_a_head_and_optimises_beta(tiny_data, tmp_path):
     summary = train(_cfg(tiny_data / "train", tmp_path / "r", MARGIN_PK, val=tiny_data / "val.bin"))
     ckpt = load_checkpoint(tmp_path / "r")
     assert ckpt["head"] == {}  # no classifier
@@ -61,12 +60,17 @@ def test_mixed_objective_adds_the_weighted_pair_term_to_the_head_loss(tmp_path):
     task = FaceTask(cfg, num_classes=4, preprocess={**PREPROCESS_DEFAULT, "size": 112})
     images = torch.randint(0, 255, (8, 3, 112, 112), dtype=torch.uint8)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    losses = task(images, labels)
+    losses = task(images, labels).losses
     emb = task.backbone(to_input(images, task.preprocess))
     alone = task.objectives["pairs"](emb, labels)["pairs"]  # the same term computed on its own
     assert losses["pairs"].item() == pytest.approx(alone.item(), rel=1e-5)
     assert losses["loss"].item() == pytest.approx(losses["ce"].item() + losses["pairs"].item(), rel=1e-6)
     assert sum(p.numel() for p in task.head.parameters()) > 0
+    no_head = FaceTask(_cfg(tmp_path, tmp_path / "p", MARGIN_PK), 4, {**PREPROCESS_DEFAULT, "size": 112})
+    assert no_head.head is None  # objective: pairs has no classifier head
+    out = no_head(images, labels)
+    assert set(out.losses) == {"loss", "pairs"} and out.correct is None
+    assert out.losses["loss"].item() == pytest.approx(out.losses["pairs"].item(), rel=1e-6)
 
 
 def test_siamese_run_trains_on_pairs(tmp_path):
@@ -85,14 +89,14 @@ def test_bad_objective_config(tmp_path, extra, match):
         FaceTask(_cfg(tmp_path, tmp_path / "r", extra), 4, {**PREPROCESS_DEFAULT, "size": 112})
 
 
-def test_thresholds_in_checkpoint_reproduce_the_stored_accuracy(tiny_data, tmp_path):  # noqa: F811
+def test_thresholds_in_checkpoint_reproduce_the_stored_accuracy(tiny_data, tmp_path):
     """Independent check of the stored operating point: re-embed the pairs with the saved model."""
     import numpy as np
 
     from facelab.data.pairsets import load_bin
     from facelab.eval.embed import embed_images
-    from facelab.eval.verification import pair_distances
-    from facelab.train.task import load_model
+    from facelab.eval.protocols.verification import pair_distances
+    from facelab.model import load_model
 
     cfg = _cfg(tiny_data / "train", tmp_path / "r", {}, val=tiny_data / "val.bin")
     train(cfg)

@@ -5,11 +5,11 @@ Prototype Mining run, whose extra parts live in model and head)."""
 
 import pytest
 import torch
-from test_every_head_trains import keep_torch_threads, make_identity_folder, recipe  # noqa: F401 (autouse)
+from tests.references.tiny_runs import make_identity_folder, recipe
 
 from facelab.config import config_from_dict
 from facelab.heads import build_margin
-from facelab.train.checkpoint import load_checkpoint
+from facelab.model import load_checkpoint
 from facelab.train.loop import train
 
 CASES = {

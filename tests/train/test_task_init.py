@@ -1,12 +1,13 @@
 """FaceTask's config check (check_names builds a probe head) draws nothing from torch's generator: the
-run's weights are those the seed gives the backbone and the head built alone, as before the check."""
+run's weights are those the seed gives the backbone and the head built alone."""
 
 import torch
 
 from facelab.config import config_from_dict
 from facelab.data.transforms import PREPROCESS_DEFAULT
 from facelab.heads import build_head
-from facelab.train.task import FaceTask, build_model, check_names
+from facelab.model import build_model
+from facelab.train.task import FaceTask, check_names
 
 
 def test_the_config_check_leaves_the_seeded_draws_alone():

@@ -30,9 +30,11 @@ def detect_faces(image: np.ndarray, min_face: float = 20.0) -> list[Face]:
     Landmarks: left eye, right eye, nose tip, left and right mouth corner, in image pixels
     (left = smaller x), the order of the alignment template.
     """
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    if (not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3
+            or image.shape[2] != 3):
         got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", "")
-        raise FacelabError(f"detect_faces needs an RGB uint8 [H, W, 3] array, got {got[0]} {got[1]}")
+        raise FacelabError(f"detect_faces needs an RGB uint8 [H, W, 3] array, got {got[0]} "
+                           f"{got[1]}")
     boxes, scores, points = cascade(np.ascontiguousarray(image), min_face=min_face)
     return [(b, float(s), p) for b, s, p in zip(boxes, scores, points, strict=True)]
 
@@ -71,8 +73,8 @@ def _init_worker() -> None:
 
 
 def landmarks_for_folder(src: Path, out_csv: Path, workers: int | None = None) -> dict:
-    """Detect the main face of every image under `src`; write `out_csv` (`image,x1,y1,...,x5,y5`, image
-    paths relative to `src`), the file facelab.align.folder.align_folder reads.
+    """Detect the main face of every image under `src`; write `out_csv` (`image,x1,y1,...,x5,y5`,
+    image paths relative to `src`), the file facelab.align.folder.align_folder reads.
 
     Images without a face (or unreadable) get empty fields: align_folder reports and skips them.
     Returns {"images": n, "faces": n with a face, "no_face": n without}.

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from facelab.align.warp import align_face, check_landmarks
-from facelab.data.check import decode_strict
 from facelab.errors import FacelabError
+from facelab.images import decode_strict
 from facelab.io import (
     IMAGE_SUFFIXES,
     check_writable,
@@ -36,7 +36,8 @@ MANIFEST = "align.json"
 
 
 def read_landmarks(path: Path) -> dict[str, np.ndarray]:
-    """`image,x1,y1,...,x5,y5` rows -> {relative image path: [5, 2]}; empty fields become NaN (missing)."""
+    """`image,x1,y1,...,x5,y5` rows -> {relative image path: [5, 2]}; empty fields become NaN
+    (missing)."""
     path = Path(path)
     try:
         with path.open(newline="") as f:
@@ -59,7 +60,7 @@ def read_landmarks(path: Path) -> dict[str, np.ndarray]:
 
 def _align_one(args: tuple[Path, Path, np.ndarray, int]) -> str | None:
     """Align one photo; returns the reason it was skipped (bad landmarks; a photo that cannot be
-    read or does not decode cleanly, facelab.data.check), or None."""
+    read or does not decode cleanly, facelab.images), or None."""
     cv2.setNumThreads(1)
     src, dst, landmarks, size = args
     try:
@@ -77,7 +78,8 @@ def _read_photo(path: Path) -> np.ndarray:
     return decode_strict(read_image_bytes(path), str(path))
 
 
-def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112, workers: int | None = None) -> dict:
+def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112,
+                 workers: int | None = None) -> dict:
     """Align every image of `src` listed in `landmarks` into `out` (same relative paths).
 
     Images whose landmarks are missing, non-finite or degenerate, and photos that cannot be read or
@@ -90,7 +92,8 @@ def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112, workers
     table = read_landmarks(landmarks)
     check_writable(out)
     remove_stale_temps(out, recursive=True)  # a killed run's half-written crops
-    images = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES)
     skipped = {name: "no landmarks in " + str(landmarks) for name in images if name not in table}
     for name in table:
         if not (src / name).is_file():
@@ -103,11 +106,13 @@ def align_folder(src: Path, out: Path, landmarks: Path, size: int = 112, workers
             reasons = list(pool.map(_align_one, jobs, chunksize=64))
     else:
         reasons = [_align_one(j) for j in jobs]
-    skipped.update({j[0].relative_to(src).as_posix(): r for j, r in zip(jobs, reasons, strict=True) if r})
+    skipped.update({j[0].relative_to(src).as_posix(): r
+                    for j, r in zip(jobs, reasons, strict=True) if r})
     for name, reason in sorted(skipped.items()):
         log.warning("skipped %s: %s", name, reason)
     write_skipped(out / "skipped.csv", "image", sorted(skipped.items()))
-    summary = {"aligned": len(jobs) - sum(r is not None for r in reasons), "skipped": len(skipped), "size": size}
+    aligned = len(jobs) - sum(r is not None for r in reasons)
+    summary = {"aligned": aligned, "skipped": len(skipped), "size": size}
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(strict_json(summary, indent=None)))
     return summary
 

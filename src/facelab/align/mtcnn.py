@@ -1,19 +1,20 @@
-"""MTCNN face detector with 5 landmarks (Zhang et al. 2016, "Joint Face Detection and Alignment using
-Multi-task Cascaded Convolutional Networks", IEEE SPL 23(10)).
+"""MTCNN face detector with 5 landmarks (Zhang et al. 2016, "Joint Face Detection and Alignment
+using Multi-task Cascaded Convolutional Networks", IEEE SPL 23(10)).
 
-Three networks run as a cascade: P-Net (fully convolutional, 12×12 receptive field, stride 2) proposes
-boxes on an image pyramid; R-Net (24×24 crops) rejects and refines them; O-Net (48×48 crops) refines
-them again and outputs the 5 landmarks. Each stage: face probability threshold, box regression
-(offsets in units of box size), non-maximum suppression, squaring of the boxes.
+Three networks run as a cascade: P-Net (fully convolutional, 12×12 receptive field, stride 2)
+proposes boxes on an image pyramid; R-Net (24×24 crops) rejects and refines them; O-Net (48×48
+crops) refines them again and outputs the 5 landmarks. Each stage: face probability threshold, box
+regression (offsets in units of box size), non-maximum suppression, squaring of the boxes.
 
 The network definitions are facelab's own; the weights are the original MTCNN weights as shipped in
 the `facenet-pytorch` wheel (plain state dicts, loaded with weights_only=True; the package itself is
-never imported). In that conversion the images go in untransposed (RGB, [N, 3, H, W]) and the dense layers
-read the flattened features in (W, H, C) order (a trace of the original Caffe/Matlab layout). Checked on
-real photos: swapping x and y, or flattening in (C, H, W) order, breaks the detections and landmarks.
+never imported). In that conversion the images go in untransposed (RGB, [N, 3, H, W]) and the dense
+layers read the flattened features in (W, H, C) order (a trace of the original Caffe/Matlab layout).
+Checked on real photos: swapping x and y, or flattening in (C, H, W) order, breaks the detections
+and landmarks.
 
-Resizing (pyramid and crops) averages over areas, in float; crops reaching outside the image are padded
-with black, as in the original code.
+Resizing (pyramid and crops) averages over areas, in float; crops reaching outside the image are
+padded with black, as in the original code.
 """
 
 import importlib.util
@@ -56,7 +57,8 @@ class PNet(nn.Module):
         self.conv4_2 = nn.Conv2d(32, 4, 1)  # box offsets dx1, dy1, dx2, dy2
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x: [N, 3, H, W] normalised -> (prob [N, h, w], offsets [N, 4, h, w]), h = ceil((H - 2) / 2) - 4."""
+        """x: [N, 3, H, W] normalised -> (prob [N, h, w], offsets [N, 4, h, w]),
+        h = ceil((H - 2) / 2) - 4."""
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))  # [N, 32, h, w]
         return self.conv4_1(x).softmax(1)[:, 1], self.conv4_2(x)
@@ -86,7 +88,8 @@ class RNet(nn.Module):
 
 
 class ONet(nn.Module):
-    """Output net: 48×48 crop -> face probability, 4 box offsets, 5 landmarks (x1..x5, y1..y5 in box units)."""
+    """Output net: 48×48 crop -> face probability, 4 box offsets, 5 landmarks (x1..x5, y1..y5 in
+    box units)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,14 +119,17 @@ NETS: dict[str, type[nn.Module]] = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 
 
 def weights_dir() -> Path:
-    """Folder holding pnet.pt, rnet.pt, onet.pt inside the installed facenet-pytorch (not imported)."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)  # top-level: locates without executing the package
+    """Folder holding pnet.pt, rnet.pt, onet.pt inside the installed facenet-pytorch (not
+    imported)."""
+    # a top-level package: find_spec locates it without executing it
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FacelabError(f"the MTCNN detector needs the weights package: run `{INSTALL_HINT}`")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data"
     missing = [n for n in NETS if not (folder / f"{n}.pt").is_file()]
     if missing:
-        raise FacelabError(f"{folder}: MTCNN weights {missing} missing; reinstall with `{INSTALL_HINT}`")
+        raise FacelabError(f"{folder}: MTCNN weights {missing} missing; reinstall with "
+                           f"`{INSTALL_HINT}`")
     return folder
 
 
@@ -134,19 +140,21 @@ def load_nets() -> tuple[PNet, RNet, ONet]:
     nets = []
     for name, cls in NETS.items():
         net = cls()
-        net.load_state_dict(torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True))
+        state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
         nets.append(net.eval().requires_grad_(False))
     return tuple(nets)  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------- box utilities (numpy, [N, 4] x1 y1 x2 y2)
+# ---------------------------------------------------------------- box utilities
+# (numpy, [N, 4] x1 y1 x2 y2)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, mode: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression; indices kept, by decreasing score.
 
-    Overlap = intersection / union ("union") or intersection / smaller area ("min", used after O-Net).
-    A box is dropped when its overlap with an already kept box is > `iou`.
+    Overlap = intersection / union ("union") or intersection / smaller area ("min", used after
+    O-Net). A box is dropped when its overlap with an already kept box is > `iou`.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)  # [N]
@@ -165,7 +173,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, mode: str = "union") 
 
 
 def regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Apply box regression: each corner moves by its offset × box width/height. [N, 4], [N, 4] -> [N, 4]."""
+    """Apply box regression: each corner moves by its offset × box width/height.
+    [N, 4], [N, 4] -> [N, 4]."""
     size = np.tile(boxes[:, 2:] - boxes[:, :2], 2)  # [N, 4] w, h, w, h
     return boxes + offsets * size
 
@@ -178,8 +187,8 @@ def square(boxes: np.ndarray) -> np.ndarray:
 
 
 def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> Tensor:
-    """Cut each box (rounded to whole pixels, zero outside the image, as in the paper's code) and resize
-    by area averaging: RGB uint8 [H, W, 3], [N, 4] -> normalised [N, 3, size, size]."""
+    """Cut each box (rounded to whole pixels, zero outside the image, as in the paper's code) and
+    resize by area averaging: RGB uint8 [H, W, 3], [N, 4] -> normalised [N, 3, size, size]."""
     h, w = image.shape[:2]
     out = []
     for x1, y1, x2, y2 in np.round(boxes).astype(np.int64):
@@ -192,21 +201,24 @@ def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> Tensor:
 
 
 def resize(x: Tensor, h: int, w: int) -> Tensor:
-    """Area-averaging resize of [N, C, H', W'] to [N, C, h, w] (kept in float, no re-quantisation)."""
+    """Area-averaging resize of [N, C, H', W'] to [N, C, h, w] (kept in float, no
+    re-quantisation)."""
     return F.interpolate(x, size=(h, w), mode="area")
 
 
 def to_tensor(images: np.ndarray) -> Tensor:
-    """RGB uint8 [N, H, W, 3] -> [N, 3, H, W] float in about [-1, 1] ((x - 127.5) / 128, as trained)."""
+    """RGB uint8 [N, H, W, 3] -> [N, 3, H, W] float in about [-1, 1] ((x - 127.5) / 128, as
+    trained)."""
     return (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127.5) / 128.0
 
 
 # ---------------------------------------------------------------- the cascade
 
 
-def pyramid_scales(h: int, w: int, min_face: float = MIN_FACE, factor: float = FACTOR) -> list[float]:
-    """Scales s = (12 / min_face)·factor^k at which the 12-px P-Net window covers faces of min_face/factor^k px,
-    down to the scale where the shorter image side is 12 px."""
+def pyramid_scales(h: int, w: int, min_face: float = MIN_FACE,
+                   factor: float = FACTOR) -> list[float]:
+    """Scales s = (12 / min_face)·factor^k at which the 12-px P-Net window covers faces of
+    min_face/factor^k px, down to the scale where the shorter image side is 12 px."""
     scale, scales = 12.0 / min_face, []
     while min(h, w) * scale >= 12:
         scales.append(scale)
@@ -218,17 +230,21 @@ def _candidates(rows: list[np.ndarray], width: int) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, width))
 
 
-def propose(image: np.ndarray, pnet: PNet, threshold: float, min_face: float, factor: float) -> np.ndarray:
-    """Stage 1: P-Net on every pyramid level -> square candidate boxes [N, 5] (x1, y1, x2, y2, score)."""
+def propose(image: np.ndarray, pnet: PNet, threshold: float, min_face: float,
+            factor: float) -> np.ndarray:
+    """Stage 1: P-Net on every pyramid level -> square candidate boxes [N, 5]
+    (x1, y1, x2, y2, score)."""
     h, w = image.shape[:2]
     full, rows = to_tensor(image[None]), []  # [1, 3, H, W]
     for s in pyramid_scales(h, w, min_face, factor):
-        prob, off = pnet(resize(full, int(np.ceil(h * s)), int(np.ceil(w * s))))  # [1, h', w'], [1, 4, h', w']
+        # [1, h', w'], [1, 4, h', w']
+        prob, off = pnet(resize(full, int(np.ceil(h * s)), int(np.ceil(w * s))))
         prob, off = prob[0].numpy(), off[0].numpy()
         ys, xs = np.nonzero(prob >= threshold)
         # the output cell (y, x) sees the 12×12 window at (2x, 2y) of the scaled image
         boxes = (np.stack([xs, ys, xs, ys], 1) * 2.0 + [0, 0, 12, 12]) / s  # [K, 4] original pixels
-        cand = np.hstack([boxes, prob[ys, xs, None], off[:, ys, xs].T])  # [K, 9] box, score, offsets
+        # [K, 9] box, score, offsets
+        cand = np.hstack([boxes, prob[ys, xs, None], off[:, ys, xs].T])
         rows.append(cand[nms(cand[:, :4], cand[:, 4], NMS_IOU[0])])
     cand = _candidates(rows, 9)
     cand = cand[nms(cand[:, :4], cand[:, 4], NMS_IOU[1])]
@@ -255,7 +271,8 @@ def refine(image: np.ndarray, cand: np.ndarray, rnet: RNet, threshold: float) ->
 def output(
     image: np.ndarray, cand: np.ndarray, onet: ONet, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stage 3: O-Net on 48×48 crops -> boxes [F, 4], scores [F], landmarks [F, 5, 2] (image pixels)."""
+    """Stage 3: O-Net on 48×48 crops -> boxes [F, 4], scores [F], landmarks [F, 5, 2] (image
+    pixels)."""
     cand = _valid(cand)
     if not len(cand):
         return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
@@ -263,7 +280,8 @@ def output(
     keep = prob >= threshold
     boxes, prob, off, marks = cand[keep, :4], prob[keep], off[keep], marks[keep]
     size = boxes[:, 2:] - boxes[:, :2]  # [F, 2] w, h
-    points = boxes[:, None, :2] + np.stack([marks[:, :5], marks[:, 5:]], 2) * size[:, None]  # [F, 5, 2]
+    marks_xy = np.stack([marks[:, :5], marks[:, 5:]], 2)  # [F, 5, 2] in box units
+    points = boxes[:, None, :2] + marks_xy * size[:, None]  # [F, 5, 2]
     boxes = regress(boxes, off)
     order = nms(boxes, prob, NMS_IOU[3], mode="min")
     return boxes[order], prob[order], points[order]
@@ -276,9 +294,11 @@ def cascade(
     min_face: float = MIN_FACE,
     factor: float = FACTOR,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RGB uint8 [H, W, 3] -> boxes [F, 4] (x1, y1, x2, y2), scores [F], landmarks [F, 5, 2], best first.
+    """RGB uint8 [H, W, 3] -> boxes [F, 4] (x1, y1, x2, y2), scores [F], landmarks [F, 5, 2],
+    best first.
 
-    Landmarks: left eye, right eye, nose tip, left and right mouth corner (left = smaller x in the image).
+    Landmarks: left eye, right eye, nose tip, left and right mouth corner (left = smaller x in the
+    image).
     """
     pnet, rnet, onet = load_nets()
     cand = propose(image, pnet, thresholds[0], min_face, factor)

@@ -5,9 +5,12 @@ Order: left eye, right eye, nose tip, left mouth corner, right mouth corner (ima
 
 import numpy as np
 
+from facelab.errors import FacelabError
+
 # The standard ArcFace 112×112 template.
 ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
+     [70.7299, 92.2041]],
     dtype=np.float64,
 )
 
@@ -20,11 +23,11 @@ TEMPLATES: dict[str, tuple[np.ndarray, tuple[int, int]]] = {
 
 
 def template_for(name: str, size: int = 112) -> tuple[np.ndarray, tuple[int, int]]:
-    """Template points and output (w, h) for `name`, scaled when `size` differs from 112 (height)."""
-    from facelab.errors import FacelabError
-
+    """Template points and output (w, h) for `name`, scaled when `size` differs from 112
+    (height)."""
     if name not in TEMPLATES:
-        raise FacelabError(f"unknown alignment template {name!r}; choose one of {sorted(TEMPLATES)}")
+        raise FacelabError(f"unknown alignment template {name!r}; choose one of "
+                           f"{sorted(TEMPLATES)}")
     points, (w, h) = TEMPLATES[name]
     scale = size / 112.0
     return points * scale, (round(w * scale), round(h * scale))

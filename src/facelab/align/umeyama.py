@@ -1,4 +1,5 @@
-"""Least-squares similarity transform between point sets (Umeyama 1991, IEEE TPAMI 13(4), eq. 40-43)."""
+"""Least-squares similarity transform between point sets (Umeyama 1991, "Least-squares estimation
+of transformation parameters between two point patterns", IEEE TPAMI 13(4), eq. 40-43)."""
 
 import numpy as np
 

@@ -9,7 +9,8 @@ from facelab.errors import FacelabError
 
 
 def check_landmarks(landmarks: np.ndarray, where: str = "landmarks") -> np.ndarray:
-    """Return landmarks as float64 [5, 2]; raise FacelabError when missing, non-finite or degenerate."""
+    """Return landmarks as float64 [5, 2]; raise FacelabError when missing, non-finite or
+    degenerate."""
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape != (5, 2):
         raise FacelabError(f"{where}: expected 5 (x, y) points, got shape {pts.shape}")

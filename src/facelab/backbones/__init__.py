@@ -1,7 +1,8 @@
-"""Backbones: [B, 3, 112, 112] normalised faces ((x/255 - 0.5)/0.5) -> un-normalised embeddings [B, d].
+"""Backbones: [B, 3, 112, 112] normalised faces ((x/255 - 0.5)/0.5) -> un-normalised
+embeddings [B, d].
 
-`BACKBONES` is the registry (name -> factory); `build_backbone` checks the name and keyword arguments
-and turns mistakes into a FacelabError.
+`BACKBONES` is the registry (name -> factory); `build_backbone` checks the name and keyword
+arguments and turns mistakes into a FacelabError.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 from torch import nn
 
 from facelab.backbones.flops import count_macs
-from facelab.backbones.iresnet import IRESNET_LAYERS, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
+from facelab.backbones.iresnet import (
+    IRESNET_LAYERS,
+    iresnet18,
+    iresnet34,
+    iresnet50,
+    iresnet100,
+    iresnet200,
+)
 from facelab.backbones.mobilefacenet import mobilefacenet
 from facelab.backbones.neck import FC_BN_MODES, Neck
 from facelab.backbones.tiny import tiny
@@ -31,7 +39,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Module:
-    """BACKBONES[name](embedding_size=..., **kwargs); unknown names or keyword arguments raise FacelabError."""
+    """BACKBONES[name](embedding_size=..., **kwargs); unknown names or keyword arguments raise
+    FacelabError."""
     check_backbone(name, embedding_size, **kwargs)
     return BACKBONES[name](embedding_size=embedding_size, **kwargs)
 
@@ -45,10 +54,14 @@ def check_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> None:
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise FacelabError(
-            f"backbone {name!r} got unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+            f"backbone {name!r} got unknown argument(s) {', '.join(unknown)}; accepted: "
+            f"{', '.join(accepted)}"
         )
-    if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
-        raise FacelabError(f"backbone embedding_size must be a positive integer, got {embedding_size!r}")
+    if (isinstance(embedding_size, bool) or not isinstance(embedding_size, int)
+            or embedding_size < 1):
+        raise FacelabError("backbone embedding_size must be a positive integer, got "
+                           f"{embedding_size!r}")
 
 
-__all__ = ["BACKBONES", "FC_BN_MODES", "IRESNET_LAYERS", "Neck", "build_backbone", "check_backbone", "count_macs"]
+__all__ = ["BACKBONES", "FC_BN_MODES", "IRESNET_LAYERS", "Neck", "build_backbone", "check_backbone",
+           "count_macs"]

@@ -1,9 +1,9 @@
 """Multiply-accumulate (MAC) counter for conv and linear layers.
 
-MACs of a conv = output elements x (in_channels / groups) x kernel area; of a linear layer = output
-elements x in_features. BN, activations, pooling and additions are not counted (the usual convention
-behind "IResNet-50: 6.3 G"). One MAC is two FLOPs: tools that report FLOPs (e.g. OpenVINO's model zoo)
-give twice these numbers.
+MACs of a conv = output elements x (in_channels / groups) x kernel area; of a linear layer =
+output elements x in_features. BN, activations, pooling and additions are not counted (the usual
+convention behind "IResNet-50: 6.3 G"). One MAC is two FLOPs: tools that report FLOPs (e.g.
+OpenVINO's model zoo) give twice these numbers.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ def _run(model: nn.Module, x: Tensor) -> int:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 112, 112)) -> int:
-    """Forward MACs of `model` on an input of `input_size` (batch included), counted with forward hooks.
+    """Forward MACs of `model` on an input of `input_size` (batch included), counted with forward
+    hooks.
 
-    Runs on a copy on the meta device (no compute, no memory); falls back to an eval-mode CPU forward
-    of the model itself when the meta forward fails. `model` is left unchanged.
+    Runs on a copy on the meta device (no compute, no memory); falls back to an eval-mode CPU
+    forward of the model itself when the meta forward fails. `model` is left unchanged.
     """
     try:
         on_meta = all(p.is_meta for p in model.parameters())

@@ -1,28 +1,29 @@
 """GroupFace (Kim et al. 2020, "GroupFace: learning latent groups and constructing group-based
-representations for face recognition", CVPR; METHODS.md "Architecture pieces"): a wrapper that turns any
-backbone into a group-aware embedding network, usable with any head.
+representations for face recognition", CVPR; METHODS.md "Architecture pieces"): a wrapper that turns
+any backbone into a group-aware embedding network, usable with any head.
 
-    x      = backbone(images)                  shared feature [B, d_x] (the backbone's embedding, see below)
-    v_x    = FC(x)                             instance embedding [B, d]
-    v_Gk   = FC_k(x), k = 1..K                 group embeddings [B, K, d] (the K FCs as one Linear d_x -> K·d)
-    p(G|x) = softmax(GDN(x))                   group decision network: FC-BN-PReLU (hidden) -> FC-BN-PReLU
-                                               (hidden) -> FC (K), softmax over the K groups   [B, K]
-    output = v_x + Σ_k p(G_k|x)·v_Gk           final embedding [B, d]
+    x      = backbone(images)          shared feature [B, d_x] (the backbone's embedding, see below)
+    v_x    = FC(x)                     instance embedding [B, d]
+    v_Gk   = FC_k(x), k = 1..K         group embeddings [B, K, d] (K FCs as one Linear d_x -> K·d)
+    p(G|x) = softmax(GDN(x))           group decision network: FC-BN-PReLU (hidden) -> FC-BN-PReLU
+                                       (hidden) -> FC (K), softmax over the K groups   [B, K]
+    output = v_x + Σ_k p(G_k|x)·v_Gk   final embedding [B, d]
 
-Self-distributed labels (the paper's Eq. 5-6), without gradient: p̃_k = (p_k - mean_batch p_k)/K + 1/K,
-label = argmax_k p̃_k; auxiliary loss λ·CE(p, label) (defaults K = 32, λ = 0.1).
+Self-distributed labels (the paper's Eq. 5-6), without gradient:
+p̃_k = (p_k - mean_batch p_k)/K + 1/K, label = argmax_k p̃_k; auxiliary loss λ·CE(p, label)
+(defaults K = 32, λ = 0.1).
 
 Choices: the shared feature x is the backbone's embedding output (after its neck), not the pre-neck
-feature map: every backbone has it, with the same size, and K = 32 group FCs on a flattened 512x7x7 map
-would hold 32 x 25088 x d weights. The "two FC-BN-PReLU layers, 256 hidden, softmax over K" of METHODS.md
-are read as two hidden layers followed by the linear layer to the K group logits (a PReLU or BN directly
-before the softmax would bend the logits for no reason).
+feature map: every backbone has it, with the same size, and K = 32 group FCs on a flattened 512x7x7
+map would hold 32 x 25088 x d weights. The "two FC-BN-PReLU layers, 256 hidden, softmax over K" of
+METHODS.md are read as two hidden layers followed by the linear layer to the K group logits (a PReLU
+or BN directly before the softmax would bend the logits for no reason).
 
-Auxiliary losses reach the trainer through a small protocol: any module with an `aux_losses()` method
-returns {name: scalar} for its last training-mode forward (already weighted; here {"groupface": λ·CE})
-and forgets them; `facelab.train.task.FaceTask` adds every such term to the loss dict and to the total.
-In eval mode the wrapper returns the [B, d] embedding only and records nothing, so evaluation and export
-see a plain embedding network.
+Auxiliary losses reach the trainer through a small protocol: any module with an `aux_losses()`
+method returns {name: scalar} for its last training-mode forward (already weighted; here
+{"groupface": λ·CE}) and forgets them; `facelab.train.task.FaceTask` adds every such term to the
+loss dict and to the total. In eval mode the wrapper returns the [B, d] embedding only and records
+nothing, so evaluation and export see a plain embedding network.
 """
 
 from __future__ import annotations
@@ -35,19 +36,22 @@ from facelab.errors import FacelabError
 
 
 def self_distributed_labels(probs: Tensor) -> Tensor:
-    """Group labels [B] (int64) of group probabilities p [B, K]: argmax_k (p_k - mean_batch p_k)/K + 1/K."""
+    """Group labels [B] (int64) of group probabilities p [B, K]:
+    argmax_k (p_k - mean_batch p_k)/K + 1/K (the paper's Eq. 5-6)."""
     k = probs.shape[1]
     shifted = (probs - probs.mean(dim=0, keepdim=True)) / k + 1.0 / k  # [B, K]
     return shifted.argmax(dim=1)
 
 
 def fc_bn_prelu(in_features: int, out_features: int) -> nn.Sequential:
-    layers = nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features), nn.PReLU(out_features)
+    layers = (nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features),
+              nn.PReLU(out_features))
     return nn.Sequential(*layers)
 
 
 class GroupFace(nn.Module):
-    """Wraps a backbone (images -> [B, feature_size]) into images -> group-aware embedding [B, d]."""
+    """Wraps a backbone (images -> [B, feature_size]) into images -> group-aware embedding
+    [B, d]."""
 
     def __init__(
         self,
@@ -66,8 +70,10 @@ class GroupFace(nn.Module):
         self.backbone = backbone
         self.groups, self.lam, self.embedding_size = groups, float(lam), embedding_size
         self.instance = nn.Linear(feature_size, embedding_size)
-        self.group = nn.Linear(feature_size, groups * embedding_size)  # the K group FCs side by side
-        self.decision = nn.Sequential(fc_bn_prelu(feature_size, hidden), fc_bn_prelu(hidden, hidden))
+        # the K group FCs side by side
+        self.group = nn.Linear(feature_size, groups * embedding_size)
+        self.decision = nn.Sequential(fc_bn_prelu(feature_size, hidden),
+                                      fc_bn_prelu(hidden, hidden))
         self.group_logits = nn.Linear(hidden, groups)
         self._aux: dict[str, Tensor] = {}
 
@@ -92,7 +98,8 @@ class GroupFace(nn.Module):
         return embedding  # [B, d]
 
     def aux_losses(self) -> dict[str, Tensor]:
-        """The weighted auxiliary terms of the last training-mode forward ({} if none); forgets them."""
+        """The weighted auxiliary terms of the last training-mode forward ({} if none); forgets
+        them."""
         aux, self._aux = self._aux, {}
         return aux
 

@@ -70,9 +70,11 @@ class IResNet(nn.Module):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(conv3x3(3, WIDTHS[0]), nn.BatchNorm2d(WIDTHS[0], eps=1e-5), nn.PReLU(WIDTHS[0]))
+        self.stem = nn.Sequential(conv3x3(3, WIDTHS[0]), nn.BatchNorm2d(WIDTHS[0], eps=1e-5),
+                                  nn.PReLU(WIDTHS[0]))
         in_chs = (WIDTHS[0],) + WIDTHS[:-1]
-        self.stages = nn.ModuleList(make_stage(i, o, d) for i, o, d in zip(in_chs, WIDTHS, layers, strict=True))
+        self.stages = nn.ModuleList(make_stage(i, o, d)
+                                    for i, o, d in zip(in_chs, WIDTHS, layers, strict=True))
         self.neck = Neck(WIDTHS[-1], 7, embedding_size, dropout=dropout, fc_bn=fc_bn)
         init_weights(self, zero_init_residual)
 
@@ -84,7 +86,8 @@ class IResNet(nn.Module):
 
 
 def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
-    """Kaiming-normal convs; optionally zero the last BN of each residual body (Goyal et al. 2017)."""
+    """Kaiming-normal convs; optionally zero the last BN of each residual body (Goyal et al.
+    2017)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -104,7 +107,8 @@ def _factory(name: str):
         return IResNet(IRESNET_LAYERS[name], embedding_size, dropout, fc_bn, zero_init_residual)
 
     build.__name__ = name
-    build.__doc__ = f"{name}: IResNet with stage depths {IRESNET_LAYERS[name]} (ArcFace, Deng et al. 2019)."
+    build.__doc__ = (f"{name}: IResNet with stage depths {IRESNET_LAYERS[name]} "
+                     "(ArcFace, Deng et al. 2019).")
     return build
 
 

@@ -11,9 +11,10 @@
     7²x512   linear GDConv7x7 (depthwise, no activation) -> 1²x512
     512      linear 1x1 (here nn.Linear) + BN1d          -> d
 
-Bottlenecks are MobileNetV2 inverted residuals (expand 1x1 -> depthwise 3x3 -> linear 1x1 projection,
-identity shortcut when stride 1 and widths match); every non-linearity is PReLU. 0.99 M parameters
-with d=128 and about 0.22 G MACs at 112x112 (0.45 GFLOPs counting one MAC as two FLOPs).
+Bottlenecks are MobileNetV2 inverted residuals (expand 1x1 -> depthwise 3x3 -> linear 1x1
+projection, identity shortcut when stride 1 and widths match); every non-linearity is PReLU.
+0.99 M parameters with d=128 and about 0.22 G MACs at 112x112 (0.45 GFLOPs counting one MAC as two
+FLOPs).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ MFN_SETTING: tuple[tuple[int, int, int, int], ...] = (
 
 
 def conv_bn(
-    in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1, act: bool = True, padding: int | None = None
+    in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1, act: bool = True,
+    padding: int | None = None,
 ) -> nn.Sequential:
-    """conv(k x k, no bias, "same" padding unless given) -> BN -> PReLU (PReLU left out for linear layers)."""
+    """conv(k x k, no bias, "same" padding unless given) -> BN -> PReLU (PReLU left out for linear
+    layers)."""
     pad = k // 2 if padding is None else padding
     layers: list[nn.Module] = [
         nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=pad, groups=groups, bias=False),
@@ -68,7 +71,8 @@ class Bottleneck(nn.Module):
 class MobileFaceNet(nn.Module):
     """[B, 3, 112, 112] -> un-normalised embedding [B, embedding_size]."""
 
-    def __init__(self, embedding_size: int = 512, dropout: float = 0.0, fc_bn: str = "insightface") -> None:
+    def __init__(self, embedding_size: int = 512, dropout: float = 0.0,
+                 fc_bn: str = "insightface") -> None:
         super().__init__()
         self.stem = nn.Sequential(conv_bn(3, 64, 3, stride=2), conv_bn(64, 64, 3, groups=64))
         blocks: list[nn.Module] = []
@@ -79,7 +83,8 @@ class MobileFaceNet(nn.Module):
                 in_ch = c
         self.blocks = nn.Sequential(*blocks)
         self.conv = conv_bn(in_ch, 512, 1)
-        self.gdc = conv_bn(512, 512, 7, groups=512, act=False, padding=0)  # linear global depthwise conv
+        # linear global depthwise conv
+        self.gdc = conv_bn(512, 512, 7, groups=512, act=False, padding=0)
         self.dropout = nn.Dropout(p=check_dropout(dropout))
         self.fc = nn.Linear(512, embedding_size, bias=False)
         self.features = embedding_bn(embedding_size, fc_bn)
@@ -94,6 +99,7 @@ class MobileFaceNet(nn.Module):
         return self.features(x)  # [B, d]
 
 
-def mobilefacenet(embedding_size: int = 512, dropout: float = 0.0, fc_bn: str = "insightface") -> MobileFaceNet:
+def mobilefacenet(embedding_size: int = 512, dropout: float = 0.0,
+                  fc_bn: str = "insightface") -> MobileFaceNet:
     """MobileFaceNet with a GDC head (Chen et al. 2018)."""
     return MobileFaceNet(embedding_size, dropout, fc_bn)

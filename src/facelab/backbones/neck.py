@@ -1,9 +1,11 @@
 """The embedding neck after the last feature map (METHODS.md, "Architecture pieces").
 
-ArcFace-style "E" output (Deng et al. 2019, Sec. 3.2): BN2d -> Dropout -> Flatten -> Linear -> BN1d.
-The last BN1d decides how feature norms behave, which matters for norm-aware heads (MagFace, AdaFace):
+ArcFace-style "E" output (Deng et al. 2019, Sec. 3.2): BN2d -> Dropout -> Flatten -> Linear ->
+BN1d. The last BN1d decides how feature norms behave, which matters for norm-aware heads (MagFace,
+AdaFace):
 
-- "insightface": weight frozen at 1 (requires_grad False), bias learnable (the insightface trainers);
+- "insightface": weight frozen at 1 (requires_grad False), bias learnable (the insightface
+  trainers);
 - "none": `affine=False`, no parameters (AdaFace's backbones);
 - "affine": weight and bias both learnable (plain PyTorch BN1d).
 """
@@ -57,8 +59,8 @@ class Neck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != (self.spatial, self.spatial):
             raise FacelabError(
-                f"neck expects a {self.spatial}x{self.spatial} feature map, got {tuple(x.shape[-2:])}; "
-                "the backbone input must be 112x112"
+                f"neck expects a {self.spatial}x{self.spatial} feature map, got "
+                f"{tuple(x.shape[-2:])}; the backbone input must be 112x112"
             )
         x = self.dropout(self.bn(x))  # [B, C, H, W]
         x = self.fc(torch.flatten(x, 1))  # [B, d]

@@ -3,8 +3,9 @@
 Designed for training throughput on a couple of CPU cores, where the memory-bound layers at high
 resolution (BN, activations, depthwise convs) cost far more than their MACs suggest:
 
-    112²x3  conv4x4 stride 4 ("patchify": each 4x4 patch keeps its fine texture) + BN + ReLU -> 28²xw
-    28²xw   conv3x3 -> 28²x2w -> conv3x3 s2 -> 14²x4w -> conv3x3 s2 -> 7²x4w   (each + BN + ReLU)
+    112²x3  conv4x4 stride 4 ("patchify": each 4x4 patch keeps its fine texture) + BN + ReLU
+            -> 28²xw
+    28²xw   conv3x3 -> 28²x2w -> conv3x3 s2 -> 14²x4w -> conv3x3 s2 -> 7²x4w (each + BN + ReLU)
             `depth` extra residual units (conv3x3-BN-ReLU-conv3x3-BN + x) at 7x7
     7²x4w   the common neck (neck.py) -> d
 
@@ -19,9 +20,11 @@ from facelab.backbones.neck import Neck
 from facelab.errors import FacelabError
 
 
-def conv_bn_relu(in_ch: int, out_ch: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
+def conv_bn_relu(in_ch: int, out_ch: int, k: int = 3, stride: int = 1,
+                 relu: bool = True) -> nn.Sequential:
     """conv(k x k, no bias) -> BN -> ReLU (ReLU left out when `relu` is False)."""
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, k, stride, padding=(k - 1) // 2 if k % 2 else 0, bias=False)]
+    padding = (k - 1) // 2 if k % 2 else 0
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, k, stride, padding=padding, bias=False)]
     layers.append(nn.BatchNorm2d(out_ch))
     if relu:
         layers.append(nn.ReLU())
@@ -53,7 +56,8 @@ class Tiny(nn.Module):
     ) -> None:
         super().__init__()
         if width < 1 or depth < 0:
-            raise FacelabError(f"tiny backbone needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
+            raise FacelabError("tiny backbone needs width >= 1 and depth >= 0, got "
+                               f"width={width}, depth={depth}")
         w = width
         self.body = nn.Sequential(
             conv_bn_relu(3, w, k=4, stride=4),  # [B, w, 28, 28]
@@ -72,7 +76,8 @@ class Tiny(nn.Module):
 
 
 def tiny(
-    embedding_size: int = 512, width: int = 32, depth: int = 0, dropout: float = 0.0, fc_bn: str = "insightface"
+    embedding_size: int = 512, width: int = 32, depth: int = 0, dropout: float = 0.0,
+    fc_bn: str = "insightface",
 ) -> Tiny:
     """Small fast CPU backbone (tests, demo)."""
     return Tiny(embedding_size, width, depth, dropout, fc_bn)

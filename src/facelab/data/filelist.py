@@ -5,14 +5,8 @@ writes both). Labels are the list's own; identities are named by zero-padded lab
 from pathlib import Path
 
 from facelab.data.folder import ImageFolderDataset
-from facelab.data.recordio import read_property
+from facelab.data.property import label_names, read_property
 from facelab.errors import FacelabError
-
-
-def label_names(num_classes: int) -> list[str]:
-    """Zero-padded names, so that sorting them (scan_folder) gives back the labels."""
-    width = len(str(max(num_classes - 1, 0)))
-    return [f"{c:0{width}d}" for c in range(num_classes)]
 
 
 def list_path(path: Path) -> Path:

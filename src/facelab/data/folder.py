@@ -99,7 +99,8 @@ class ImageFolderDataset(Dataset):
     def _read(self, index: int) -> np.ndarray:
         image = read_image(self.samples[index][0])
         if self._shape is not None and image.shape != self._shape:
-            raise FacelabError(f"{self.samples[index][0]}: size {image.shape} differs from {self._shape}")
+            raise FacelabError(f"{self.samples[index][0]}: size {image.shape} differs from "
+                               f"{self._shape}")
         self._shape = image.shape
         return image
 
@@ -108,4 +109,5 @@ class ImageFolderDataset(Dataset):
         image = self._cache[index] if self._cache is not None else self._read(index)
         if flip:
             image = image[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(self.labels[index])
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))  # [3, H, W]
+        return torch.from_numpy(chw), int(self.labels[index])

@@ -1,1 +1,2 @@
-"""Hard-sample distillation: the DDL loss (ddl.py), easy/hard batches (sampling.py), histograms (plots.py)."""
+"""Hard-sample distillation: the DDL loss (ddl.py), easy/hard batches (sampling.py), histograms
+(plots.py)."""

@@ -1,6 +1,6 @@
-"""What `distill.name: ddl` adds to a training run: the loss (facelab.distill.ddl), easy/hard batches
-(facelab.distill.sampling) and the held-out histograms (facelab.distill.plots). The loop and FaceTask
-call `build_objective`, `distill_data` and `DistillPlots` only."""
+"""What `distill.name: ddl` adds to a training run beside its loss (facelab.losses.ddl): easy/hard
+batches (facelab.distill.sampling) and the held-out histograms (facelab.distill.plots). The loop
+calls `distill_data` and `DistillPlots` only."""
 
 from pathlib import Path
 
@@ -10,19 +10,19 @@ from torch.utils.data import Dataset
 
 from facelab.config import Config, DistillConfig
 from facelab.distill import plots
-from facelab.distill.ddl import DDLLoss
-from facelab.distill.sampling import DDLBatchSampler, DistillDataset, attribute_split, eligible_pools
+from facelab.distill.sampling import (
+    DDLBatchSampler,
+    DistillDataset,
+    attribute_split,
+    eligible_pools,
+)
 from facelab.distributed.env import DistEnv
 from facelab.errors import FacelabError
 
 
-def build_objective(cfg: DistillConfig) -> DDLLoss:
-    """The weighted DDL loss of the config (an entry for FaceTask.objectives)."""
-    return DDLLoss(cfg.kl_pos, cfg.kl_neg, cfg.order, cfg.bins, cfg.sigma, cfg.detach_teacher)
-
-
 def split(dataset: Dataset, cfg: DistillConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(easy [N] bool, hard [N] bool): from the attributes CSV, or every image both (degradation)."""
+    """(easy [N] bool, hard [N] bool): from the attributes CSV, or every image both
+    (degradation)."""
     if cfg.split == "attribute":
         if not cfg.attributes:
             raise FacelabError("config distill.attributes: needed with distill.split 'attribute'")
@@ -32,7 +32,8 @@ def split(dataset: Dataset, cfg: DistillConfig) -> tuple[np.ndarray, np.ndarray]
 
 
 class DistillPlots:
-    """Similarity histograms of held-out identities at step 0 and at the end (see facelab.distill.plots)."""
+    """Similarity histograms of held-out identities at step 0 and at the end (see
+    facelab.distill.plots)."""
 
     def __init__(self, dataset: DistillDataset, pools: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.dataset, self.items = dataset, plots.plot_items(pools)
@@ -47,25 +48,40 @@ class DistillPlots:
         return plots.similarities(task.backbone, self.dataset, self.items, task.preprocess, device)
 
 
-def distill_data(dataset: Dataset, cfg: Config, env: DistEnv | None = None,
-                 ) -> tuple[DistillDataset, DDLBatchSampler, DistillPlots | None]:
-    """(wrapped dataset, easy/hard batch sampler, plots or None) for a DDL run of `cfg`; under torchrun
-    (`env`) the sampler yields this rank's share of each global batch."""
+def distill_data(
+    dataset: Dataset, cfg: Config, env: DistEnv | None = None
+) -> tuple[DistillDataset, DDLBatchSampler, DistillPlots | None]:
+    """(wrapped dataset, easy/hard batch sampler, plots or None) for a DDL run of `cfg`; under
+    torchrun (`env`) the sampler yields this rank's share of each global batch."""
     rank, world_size = (env.rank, env.world_size) if env else (0, 1)
     d = cfg.distill
     easy, hard = split(dataset, d)
     labels = np.asarray(dataset.labels)
     pools = eligible_pools(labels, easy, hard, d.easy_per_identity, d.hard_per_identity)
     if d.plot_identities > len(pools) // 2:
-        raise FacelabError(f"config distill.plot_identities: {d.plot_identities} held out of {len(pools)} "
-                           "identities with easy and hard images leaves too few to train on")
+        raise FacelabError(
+            f"config distill.plot_identities: {d.plot_identities} held out of {len(pools)} "
+            "identities with easy and hard images leaves too few to train on"
+        )
     held = np.random.default_rng([cfg.seed, 7]).choice(len(pools), d.plot_identities, replace=False)
     exclude = [int(labels[pools[k][0][0]]) for k in held]
     wrapped = DistillDataset(dataset, d)
     try:
-        sampler = DDLBatchSampler(labels, easy, hard, cfg.data.batch_size, d.identities_per_batch,
-                                  d.easy_per_identity, d.hard_per_identity, cfg.seed, cfg.data.flip, rank=rank,
-                                  world_size=world_size, exclude=exclude)
+        sampler = DDLBatchSampler(
+            labels,
+            easy,
+            hard,
+            cfg.data.batch_size,
+            d.identities_per_batch,
+            d.easy_per_identity,
+            d.hard_per_identity,
+            cfg.seed,
+            cfg.data.flip,
+            rank=rank,
+            world_size=world_size,
+            exclude=exclude,
+        )
     except ValueError as e:
         raise FacelabError(f"config distill / data.batch_size: {e}") from None
-    return wrapped, sampler, DistillPlots(wrapped, [pools[k] for k in held]) if d.plot_identities else None
+    plot = DistillPlots(wrapped, [pools[k] for k in held]) if d.plot_identities else None
+    return wrapped, sampler, plot

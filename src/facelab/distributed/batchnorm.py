@@ -1,10 +1,11 @@
 """BatchNorm with statistics over the global batch on CPU (gloo): torch's SyncBatchNorm is GPU-only.
 
-Training mode: mean μ = Σ_r Σ x / n and biased variance σ² = Σ_r Σ (x - μ)² / n over the rows (and
-spatial positions) of every rank, n the global count, by two differentiable all-reduces (ops.all_reduce_sum);
-y = (x - μ)/sqrt(σ² + eps)·γ + β; running statistics updated as nn.BatchNorm (unbiased variance). So a
-multi-process run normalises exactly like one process with the whole batch (Ioffe & Szegedy 2015, Eq. in
-Alg. 1, with the batch spread over ranks). Eval mode: the running statistics, as nn.BatchNorm.
+Training mode: mean μ = Σ_r Σ x / n and biased variance σ² = Σ_r Σ (x - μ)² / n over the
+rows (and spatial positions) of every rank, n the global count, by two differentiable all-reduces
+(ops.all_reduce_sum); y = (x - μ)/sqrt(σ² + eps)·γ + β; running statistics updated as
+nn.BatchNorm (unbiased variance). So a multi-process run normalises exactly like one process with
+the whole batch (Ioffe & Szegedy 2015, Eq. in Alg. 1, with the batch spread over ranks). Eval mode:
+the running statistics, as nn.BatchNorm.
 """
 
 import torch
@@ -26,7 +27,8 @@ class GlobalBatchNorm(_BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.ndim)]  # every axis but the channels
         shape = [1, -1] + [1] * (x.ndim - 2)
-        n = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        n = all_reduce_sum(count)
         mean = all_reduce_sum(x.sum(dims)) / n  # [C]
         var = all_reduce_sum(((x - mean.view(shape)) ** 2).sum(dims)) / n  # [C], biased
         if self.track_running_stats:
@@ -43,8 +45,9 @@ class GlobalBatchNorm(_BatchNorm):
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm1d/2d/3d in `module` (in place, recursively) by a GlobalBatchNorm holding the
-    same parameters and buffers; returns the module (a new one when `module` itself is a BatchNorm)."""
+    """Replace every BatchNorm1d/2d/3d in `module` (in place, recursively) by a GlobalBatchNorm
+    holding the same parameters and buffers; returns the module (a new one when `module` itself is a
+    BatchNorm)."""
     if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats)

@@ -1,7 +1,8 @@
 """Checkpoints of a class-sharded run hold the FULL classifier, so a run resumes on any world size.
 
-Saving: every rank's rows of the sharded tensors (centres, biases, per-class margins, and the optimizer
-state of those parameters: SGD momentum, AdamW moments) are gathered in class order; rank 0 writes.
+Saving: every rank's rows of the sharded tensors (centres, biases, per-class margins, and the
+optimizer state of those parameters: SGD momentum, AdamW moments) are gathered in class order;
+rank 0 writes.
 Loading: each rank slices its class range [start, end) (K rows per class for the centres) back out.
 At world size 1 both directions are the identity.
 """
@@ -10,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-SHARDED = ("classifier.weight", "classifier.bias", "classifier.class_margins")  # keys of FaceHead.state_dict()
+# keys of FaceHead.state_dict()
+SHARDED = ("classifier.weight", "classifier.bias", "classifier.class_margins")
 
 
 def _rows(head: nn.Module, key: str) -> slice:
@@ -46,7 +48,7 @@ def _optimizer_keys(optimizer: torch.optim.Optimizer, head: nn.Module) -> dict[i
 
 
 def _sharded(head: nn.Module) -> bool:
-    """The head has a class-sharded classifier (a pair-loss run's NoHead has no classifier at all)."""
+    """The head has a class-sharded classifier (a pair-loss run has no head)."""
     clf = getattr(head, "classifier", None)
     return clf is not None and clf.world_size > 1
 
@@ -59,7 +61,8 @@ def full_state(head: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict,
     for key in SHARDED:
         if key in state:
             state[key] = _gather(state[key])
-    opt = {**opt, "state": {i: dict(v) for i, v in opt["state"].items()}}  # state_dict shares the live dicts
+    # state_dict shares the live dicts
+    opt = {**opt, "state": {i: dict(v) for i, v in opt["state"].items()}}
     for index, key in _optimizer_keys(optimizer, head).items():
         rows = getattr(head.classifier, key.split(".")[1]).shape[0]
         for name, value in opt["state"].get(index, {}).items():
@@ -68,7 +71,9 @@ def full_state(head: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict,
     return state, opt
 
 
-def slice_state(head: nn.Module, optimizer: torch.optim.Optimizer, state: dict, opt: dict) -> tuple[dict, dict]:
+def slice_state(
+    head: nn.Module, optimizer: torch.optim.Optimizer, state: dict, opt: dict
+) -> tuple[dict, dict]:
     """This rank's rows of a full (head, optimizer) state from `full_state` (any world size)."""
     if not _sharded(head):
         return state, opt

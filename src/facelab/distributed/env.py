@@ -1,9 +1,10 @@
 """Process-group setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
 `torchrun --nproc_per_node N -m facelab train CONFIG` starts N copies of the trainer; each calls
-`setup(cfg.train.device)`: gloo on CPU, nccl on CUDA with the device cuda:LOCAL_RANK. Multi-node runs
-use torchrun's own flags (--nnodes, --node_rank, --rdzv_endpoint). A process group that is already
-initialised (tests that spawn processes themselves) is used as it is. Without WORLD_SIZE > 1: one process.
+`setup(cfg.train.device)`: gloo on CPU, nccl on CUDA with the device cuda:LOCAL_RANK. Multi-node
+runs use torchrun's own flags (--nnodes, --node_rank, --rdzv_endpoint). A process group that is
+already initialised (tests that spawn processes themselves) is used as it is. Without
+WORLD_SIZE > 1: one process.
 """
 
 import gc
@@ -27,7 +28,8 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-    owns_group: bool = False  # this module initialised the process group and destroys it in `teardown`
+    # this module initialised the process group and destroys it in `teardown`
+    owns_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -36,7 +38,8 @@ class DistEnv:
 
 
 def setup(device: str) -> DistEnv:
-    """The DistEnv of this process; initialises the default process group when torchrun asked for one."""
+    """The DistEnv of this process; initialises the default process group when torchrun asked for
+    one."""
     cuda = device.startswith("cuda")
     if dist.is_available() and dist.is_initialized():
         rank, size, owns = dist.get_rank(), dist.get_world_size(), False
@@ -48,16 +51,22 @@ def setup(device: str) -> DistEnv:
     else:
         return DistEnv(device=torch.device(device))
     if cuda and torch.device(device).index is not None:
-        raise FacelabError(f"config train.device={device!r}: a multi-process run takes 'cuda' (cuda:LOCAL_RANK)")
-    where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device(device)
+        raise FacelabError(
+            f"config train.device={device!r}: a multi-process run takes 'cuda' (cuda:LOCAL_RANK)"
+        )
+    if cuda:
+        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        where = torch.device(device)
     return DistEnv(rank, size, where, owns)
 
 
 def teardown(env: DistEnv, finished: bool = False) -> None:
-    """Destroy the process group this module created, after collecting the run's garbage: DDP's reducer (kept in
-    reference cycles) holds the group, and a group freed only at interpreter exit took a finished CPU run down
-    with "terminate called without an active exception" (SIGABRT). finished: every rank completed the run, so
-    they first wait for each other (rank 0 may still be writing files); a failed rank leaves at once."""
+    """Destroy the process group this module created, after collecting the run's garbage: DDP's
+    reducer (kept in reference cycles) holds the group, and a group freed only at interpreter exit
+    can take a finished CPU run down with "terminate called without an active exception" (SIGABRT).
+    finished: every rank completed the run, so they first wait for each other (rank 0 may still be
+    writing files); a failed rank leaves at once."""
     if env.owns_group and dist.is_initialized():
         if finished:
             dist.barrier()
@@ -90,30 +99,34 @@ def on_main(env: DistEnv, action: Callable[[], T]) -> T | None:
     return result
 
 
-def wrap_backbone(backbone: nn.Module, env: DistEnv) -> tuple[nn.Module, ...]:
-    """(DistributedDataParallel(backbone),) in a multi-process run, () otherwise. BatchNorm layers
-    normalise over the global batch: torch's SyncBatchNorm on CUDA, facelab's GlobalBatchNorm on CPU
-    (torch's is GPU-only); converted in place, same parameters."""
+def wrap_backbone(backbone: nn.Module, env: DistEnv) -> nn.Module:
+    """DistributedDataParallel(backbone) in a multi-process run, the backbone itself otherwise.
+    BatchNorm layers normalise over the global batch: torch's SyncBatchNorm on CUDA, facelab's
+    GlobalBatchNorm on CPU (torch's is GPU-only); converted in place, same parameters."""
     if env.world_size == 1:
-        return ()
+        return backbone
     if env.device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     else:
         convert_batchnorm(backbone)
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return (nn.parallel.DistributedDataParallel(backbone, device_ids=ids),)
+    return nn.parallel.DistributedDataParallel(backbone, device_ids=ids)
 
 
-def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float, classifier: nn.Module | None) -> None:
-    """torch's clip_grad_norm_, with the norm of a class-sharded `classifier`'s gradients summed over ranks
-    (squared), so every rank scales by the same global norm as one process would (None: no classifier)."""
+def clip_grad_norm(
+    parameters: Iterable[nn.Parameter], max_norm: float, classifier: nn.Module | None
+) -> None:
+    """torch's clip_grad_norm_, with the norm of a class-sharded `classifier`'s gradients summed
+    over ranks (squared), so every rank scales by the same global norm as one process would (None:
+    no classifier)."""
     if classifier is None or classifier.world_size == 1:
         torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
         return
     mine = {id(p) for p in classifier.parameters()}
     params = [p for p in parameters if p.grad is not None]
     local = [p.grad for p in params if id(p) in mine]  # this rank's classes
-    replicated = [p.grad for p in params if id(p) not in mine]  # backbone: the same on every rank after DDP
+    # backbone: the same on every rank after DDP
+    replicated = [p.grad for p in params if id(p) not in mine]
     device = params[0].grad.device if params else torch.device("cpu")
     shard_sq = _squares(local, device)
     dist.all_reduce(shard_sq)

@@ -1,20 +1,23 @@
 """Collectives with gradients, for a loss that every rank computes in full (a *replicated* loss).
 
-The convention (DESIGN.md, issue 4): every rank holds the same global loss L; each rank back-propagates
-L / N (`replicated_loss`), and the backward of every collective sums the incoming gradients over ranks.
-Then a tensor that only one rank holds (a shard of class centres, this rank's rows of the batch) gets
-Σ_r (1/N)·∂L_r/∂x = ∂L/∂x exactly, whatever mix of sharded and replicated computations lies between
-it and L (a margin's per-sample regulariser, replicated on every rank, is then counted once, not N times).
+The convention (DESIGN.md): every rank holds the same global loss L; each rank back-propagates L / N
+(`replicated_loss`), and the backward of every collective sums the incoming gradients over ranks.
+Then a tensor that only one rank holds (a shard of class centres, this rank's rows of the batch)
+gets Σ_r (1/N)·∂L_r/∂x = ∂L/∂x exactly, whatever mix of sharded and replicated
+computations lies between it and L (a margin's per-sample regulariser, replicated on every rank, is
+then counted once, not N times).
 
-`gather_rows` returns this rank's rows of that sum times N, because DistributedDataParallel *averages*
-the backbone gradients over ranks: the average of N·(∂L/∂x_r ·∂x_r/∂θ) is the full gradient ∂L/∂θ.
-At world size 1 (or without an initialised process group) every function is the identity.
+`gather_rows` returns this rank's rows of that sum times N, because DistributedDataParallel
+*averages* the backbone gradients over ranks: the average of N·(∂L/∂x_r ·∂x_r/∂θ) is the
+full gradient ∂L/∂θ. At world size 1 (or without an initialised process group) every function
+is the identity.
 
-An objective that needs the whole batch (DDL's histograms, DAIL's dataset classifier) gathers its inputs
-with `gather_rows` and computes the global loss L on every rank. Without parameters of its own it returns
-`replicated_loss(L)`. With parameters (replicated, outside DDP) it instead scales the gradient of its
-gathered inputs by 1/N (`scale_grad`) and returns L itself: its parameters get the full ∂L/∂W, the same on
-every rank, so their copies stay identical without communication, and the rows get what they get above.
+An objective that needs the whole batch (DDL's histograms, DAIL's dataset classifier) gathers its
+inputs with `gather_rows` and computes the global loss L on every rank. Without parameters of its
+own it returns `replicated_loss(L)`. With parameters (replicated, outside DDP) it instead scales the
+gradient of its gathered inputs by 1/N (`scale_grad`) and returns L itself: its parameters get the
+full ∂L/∂W, the same on every rank, so their copies stay identical without communication, and
+the rows get what they get above.
 """
 
 import torch
@@ -30,7 +33,8 @@ def world() -> tuple[int, int]:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """y = Σ_r x_r on every rank; ∂/∂x_r = Σ_r' g_r' (the gradients of the replicated copies of y)."""
+    """y = Σ_r x_r on every rank; ∂/∂x_r = Σ_r' g_r' (the gradients of the replicated
+    copies of y)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -46,7 +50,8 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class _GatherRows(torch.autograd.Function):
-    """[b, ...] per rank -> [N·b, ...] (rank order) on every rank; backward: N·(Σ_r g_r)[this rank's rows]."""
+    """[b, ...] per rank -> [N·b, ...] (rank order) on every rank; backward:
+    N·(Σ_r g_r)[this rank's rows]."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -77,7 +82,8 @@ def all_reduce_max(x: Tensor) -> Tensor:
 
 
 def gather_rows(x: Tensor) -> Tensor:
-    """Every rank's rows [b, ...] concatenated in rank order [N·b, ...]; needs the same b on every rank.
+    """Every rank's rows [b, ...] concatenated in rank order [N·b, ...]; needs the same b on every
+    rank.
     Differentiable for float tensors; integer tensors (labels) are gathered without gradient."""
     if world()[1] == 1:
         return x
@@ -106,6 +112,7 @@ def scale_grad(x: Tensor, factor: float) -> Tensor:
 
 
 def replicated_loss(loss: Tensor) -> Tensor:
-    """The value of a loss every rank computes in full, with gradient 1/N (see the module docstring)."""
+    """The value of a loss every rank computes in full, with gradient 1/N (see the module
+    docstring)."""
     size = world()[1]
     return scale_grad(loss, 1.0 / size) if size > 1 else loss

@@ -1,33 +1,29 @@
-"""Embed aligned face crops for evaluation, insightface style: f(x) + f(flip(x)), then L2-normalise.
+"""Embed aligned face crops for evaluation, insightface style: f(x) + f(flip x), L2-normalised.
 
-Images arrive as RGB uint8 [N, H, W, 3] (112x112 arcface crops from `facelab.data.pairsets.load_bin`).
-Preprocessing follows the checkpoint's record (`PREPROCESS_DEFAULT` is arcface_torch's): reverse the
-channels first when the model was trained on BGR, then x / 255 and (x - mean) / std.
+Images arrive as RGB uint8 [N, H, W, 3] (112x112 arcface crops from a `.bin` pair set, an aligned
+folder or IJB loose crops aligned by their landmarks). Preprocessing follows the checkpoint's
+record (`PREPROCESS_DEFAULT` is arcface_torch's): reverse the channels first when the model was
+trained on BGR, then x / 255 and (x - mean) / std. Every protocol embeds through here.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from facelab.data.folder import ImageFolderDataset
 from facelab.data.transforms import check_preprocess, to_input
 from facelab.errors import FacelabError
-from facelab.eval.verification import verify_pairs
-
-log = logging.getLogger(__name__)
-
-_EMBED_KW = ("batch_size", "flip", "preprocess", "device")
-_VERIFY_KW = ("folds", "far_target", "threshold_rule", "spread")
 
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """model.eval() and no_grad for the block; every submodule's training flag restored afterwards."""
+    """model.eval() and no_grad for the block; each submodule's training flag restored after."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -39,7 +35,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Model output as float32 [B, d]; a tuple/list output contributes its first element (the embedding)."""
+    """Model output as float32 [B, d]; of a tuple/list output, the first element (the embedding)."""
     out = model(x)
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -50,20 +46,36 @@ def _forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _check_images(images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+    ):
+        desc = (
+            f"{images.dtype} {images.shape}"
+            if isinstance(images, np.ndarray)
+            else type(images).__name__
+        )
         raise FacelabError(f"embed: images must be RGB uint8 [N, H, W, 3], got {desc}")
     if len(images) == 0:
         raise FacelabError("embed: no images given")
 
 
 def forward_batches(
-    model: nn.Module, images: np.ndarray, pre: dict, device: str | torch.device, batch_size: int, flip: bool
+    model: nn.Module,
+    images: np.ndarray,
+    pre: dict,
+    device: str | torch.device,
+    batch_size: int,
+    flip: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(f(x) [N, d], f(flip x) [N, d] or None) in batches; call inside `eval_mode(model)` with a checked `pre`."""
+    """(f(x) [N, d], f(flip x) [N, d] or None) in batches; call it inside `eval_mode(model)`, with
+    a checked `pre`."""
     feats, flips = [], []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
+        # uint8 [B, 3, H, W]
+        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)
         x = to_input(batch.to(device), pre)  # [B, 3, H, W]
         feats.append(_forward(model, x))  # [B, d]
         if flip:
@@ -79,10 +91,11 @@ def embed_raw(
     preprocess: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Un-normalised features (f(x) [N, d], f(flip x) [N, d] or None) of RGB uint8 images [N, H, W, 3].
+    """Un-normalised features (f(x) [N, d], f(flip x) [N, d] or None) of RGB uint8 images [N, H, W,
+    3].
 
-    The model must already live on `device`; it runs in eval mode under no_grad and every submodule's
-    training flag is restored afterwards.
+    The model must already live on `device`; it runs in eval mode under no_grad and every
+    submodule's training flag is restored afterwards.
     """
     _check_images(images)
     if batch_size < 1:
@@ -111,23 +124,17 @@ def embed_images(
     return (emb / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
-def evaluate_pairsets(model: nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]], **kw) -> dict[str, dict]:
-    """verify_pairs on each named pair set {name: (images [2N, H, W, 3], same [N])}, pairs interleaved.
+def embed_folder(
+    model: nn.Module, preprocess: dict | None, root: Path, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, list[str], list[Path]]:
+    """embed_images of an aligned folder `root/<identity>/<image>`, `batch_size` images at a time.
 
-    Keyword arguments go to embed_images (batch_size, flip, preprocess, device) or verify_pairs
-    (folds, far_target, threshold_rule, spread). Returns {name: verify_pairs result}.
+    Returns (embeddings float32 [N, d], class index per image [N], class names, image paths).
     """
-    unknown = set(kw) - set(_EMBED_KW) - set(_VERIFY_KW)
-    if unknown:
-        raise FacelabError(f"evaluate_pairsets: unknown option(s) {sorted(unknown)}")
-    embed_kw = {k: v for k, v in kw.items() if k in _EMBED_KW}
-    verify_kw = {k: v for k, v in kw.items() if k in _VERIFY_KW}
-    results = {}
-    for name, (images, same) in sets.items():
-        same = np.asarray(same)
-        if len(images) != 2 * len(same):
-            raise FacelabError(f"pair set {name!r}: {len(images)} images for {len(same)} pairs (need 2 per pair)")
-        emb = embed_images(model, images, **embed_kw)  # [2N, d]
-        results[name] = verify_pairs(emb[0::2], emb[1::2], same, **verify_kw)
-        log.info("%s: accuracy %.4f ± %.4f", name, results[name]["accuracy"], results[name]["accuracy_std"])
-    return results
+    ds = ImageFolderDataset(root)
+    chunks = []
+    for start in range(0, len(ds), batch_size):
+        stop = min(start + batch_size, len(ds))
+        images = np.stack([ds[i][0].permute(1, 2, 0).numpy() for i in range(start, stop)])
+        chunks.append(embed_images(model, images, batch_size=batch_size, preprocess=preprocess))
+    return np.concatenate(chunks), ds.labels, ds.classes, [p for p, _ in ds.samples]

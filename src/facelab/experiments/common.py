@@ -1,10 +1,12 @@
-"""What every experiment shares: synthetic data, a run per (variant, seed), and the results table.
+"""What every experiment shares: the base recipe, synthetic data, a run per (variant, seed), and the
+results table.
 
-A variant is a list of dotted config overrides on a base recipe. `run_grid` trains every (variant, seed)
-into `<out>/<variant>/seed<k>` and reads back its metrics.json; a run whose metrics.json exists is not
-retrained (a complete run writes it last), so an interrupted experiment continues where it stopped.
-`write_table` renders mean ± spread over seeds (population std, ddof 0: with 2 seeds, half the range)
-with the command that produced it.
+A variant is a list of dotted config overrides on a base recipe (`RECIPE`, the demo's, unless the
+experiment ships its own). `run_grid` trains every (variant, seed) into `<out>/<variant>/seed<k>`
+and reads back its metrics.json; a run whose metrics.json exists is not retrained (a complete run
+writes it last), so an interrupted experiment continues where it stopped. `markdown_table` renders
+mean ± spread over seeds (population std, ddof 0: with 2 seeds, half the range) and `write_report`
+writes it with the command that produced it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ import numpy as np
 
 from facelab.align.folder import MANIFEST, align_folder
 from facelab.config import load_config
+from facelab.data.synthetic import run_synth
 from facelab.errors import FacelabError
 from facelab.io import write_atomic
-from facelab.train.checkpoint import CHECKPOINT_NAME
+from facelab.model import CHECKPOINT_NAME
+from facelab.train.loop import train
+from facelab.train.task import check_names
 
 log = logging.getLogger(__name__)
+# The demo recipe (`facelab demo`): tiny backbone, ArcFace, the base of the experiments' variants.
+RECIPE = Path(__file__).parent.parent / "configs" / "demo.yaml"
 SETS = ("synth-lfw", "synth-cfp", "synth-lowres")
 
 
@@ -35,11 +42,10 @@ def prepare_synth(data: Path, identities: int, images_per_identity: int, pairs: 
                   **synth_kwargs: object) -> tuple[Path, list[str]]:
     """Generate (or reuse) a synthetic set in `data` and its aligned copy.
 
-    Returns (aligned training folder, [synth-lfw.bin, synth-cfp.bin, synth-lowres.bin]). The aligned copy
-    is remade whenever the generated set changed (aligned/source.json records the synth manifest).
+    Returns (aligned training folder, [synth-lfw.bin, synth-cfp.bin, synth-lowres.bin]). The
+    aligned copy is remade whenever the generated set changed (aligned/source.json records the
+    synth manifest).
     """
-    from facelab.data.synthetic import run_synth  # imported here: the generator pulls in its worker pool
-
     run_synth(data, identities, images_per_identity, seed=seed, pairs=pairs, **synth_kwargs)
     aligned = data / "aligned"
     source = (data / "synth.json").read_text()
@@ -52,9 +58,8 @@ def prepare_synth(data: Path, identities: int, images_per_identity: int, pairs: 
 
 def train_once(recipe: str | Path, overrides: Sequence[str], out: Path) -> dict:
     """Train `recipe` + `overrides` into `out` (output= is set here) and return its metrics.json.
-    A complete run (metrics.json present) is read back, not retrained; an interrupted one is resumed."""
-    from facelab.train.loop import train
-
+    A complete run (metrics.json present) is read back, not retrained; an interrupted one is
+    resumed."""
     metrics = out / "metrics.json"
     if metrics.exists():
         log.info("%s: complete, reusing its metrics", out)
@@ -68,32 +73,32 @@ def train_once(recipe: str | Path, overrides: Sequence[str], out: Path) -> dict:
 
 def check_grid(recipe: str | Path, variants: dict[str, Sequence[str]], seeds: Sequence[int],
                common: Sequence[str] = ()) -> None:
-    """Build and check the config of every (variant, seed) before any data is made or any run trained, so a
-    bad budget (--steps 0) or override fails at once, naming the variant. `common` may hold placeholder
-    data paths: paths are not opened here."""
-    from facelab.train.task import check_names
-
+    """Build and check the config of every (variant, seed) before any data is made or any run
+    trained, so a bad budget (--steps 0) or override fails at once, naming the variant. `common`
+    may hold placeholder data paths: paths are not opened here."""
     if not variants or not seeds:
         raise FacelabError("experiment: needs at least one variant and one seed")
     for name, overrides in variants.items():
         for seed in seeds:
             try:
-                check_names(load_config(recipe, [*common, f"seed={seed}", *overrides, "output=unused"]))
+                overrides_here = [*common, f"seed={seed}", *overrides, "output=unused"]
+                check_names(load_config(recipe, overrides_here))
             except FacelabError as e:
                 raise FacelabError(f"experiment variant {name!r}: {e}") from None
 
 
-def run_grid(recipe: str | Path, variants: dict[str, Sequence[str]], seeds: Sequence[int], out: Path,
-             common: Sequence[str] = ()) -> dict[str, dict[int, dict]]:
-    """Train every variant for every seed: {variant: {seed: metrics}}. `common` overrides apply to all
-    (data paths, budget); a variant's own overrides come after them and win."""
+def run_grid(recipe: str | Path, variants: dict[str, Sequence[str]], seeds: Sequence[int],
+             out: Path, common: Sequence[str] = ()) -> dict[str, dict[int, dict]]:
+    """Train every variant for every seed: {variant: {seed: metrics}}. `common` overrides apply to
+    all (data paths, budget); a variant's own overrides come after them and win."""
     check_grid(recipe, variants, seeds, common)
     results: dict[str, dict[int, dict]] = {}
     for name, overrides in variants.items():
         for seed in seeds:
             run = out / name / f"seed{seed}"
             log.info("experiment run %s", run)
-            results.setdefault(name, {})[seed] = train_once(recipe, [*common, f"seed={seed}", *overrides], run)
+            metrics = train_once(recipe, [*common, f"seed={seed}", *overrides], run)
+            results.setdefault(name, {})[seed] = metrics
     return results
 
 
@@ -111,9 +116,11 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
-def summarise(results: dict[str, dict[int, dict]], sets: Sequence[str] = SETS) -> dict[str, dict[str, list]]:
+def summarise(results: dict[str, dict[int, dict]],
+              sets: Sequence[str] = SETS) -> dict[str, dict[str, list]]:
     """{variant: {set: [accuracy per seed]}} from run_grid's output."""
-    return {name: {s: [accuracy(m, s) for m in runs.values()] for s in sets} for name, runs in results.items()}
+    return {name: {s: [accuracy(m, s) for m in runs.values()] for s in sets}
+            for name, runs in results.items()}
 
 
 def format_cell(values: Sequence[float]) -> str:
@@ -130,13 +137,16 @@ def markdown_table(summary: dict[str, dict[str, list]], sets: Sequence[str] = SE
     head = ["variant", *[f"{s} (%)" for s in sets], *extra_cols]
     rows = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for name, per_set in summary.items():
-        cells = [format_cell(per_set[s]) for s in sets] + [extra.get(name, {}).get(c, "") for c in extra_cols]
+        cells = [format_cell(per_set[s]) for s in sets]
+        cells += [extra.get(name, {}).get(c, "") for c in extra_cols]
         rows.append("| " + " | ".join([f"`{name}`", *cells]) + " |")
     return "\n".join(rows)
 
 
-def write_report(path: Path, title: str, command: str, intro: str, table: str, notes: str = "") -> None:
-    """A markdown page: title, what was run (the exact command), the table, then notes; written atomically."""
+def write_report(path: Path, title: str, command: str, intro: str, table: str,
+                 notes: str = "") -> None:
+    """A markdown page: title, what was run (the exact command), the table, then notes; written
+    atomically."""
     text = f"# {title}\n\n{intro.strip()}\n\nProduced by:\n\n```\n{command}\n```\n\n{table}\n"
     if notes.strip():
         text += f"\n{notes.strip()}\n"

@@ -1,4 +1,5 @@
-"""Classification heads: the classifier (class centres -> Cosines), margins (MARGINS) and FaceHead."""
+"""Classification heads: the classifier (class centres -> Cosines), margins (MARGINS) and
+FaceHead."""
 
 from facelab.heads.classifier import Classifier
 from facelab.heads.cosines import Cosines

@@ -4,6 +4,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from facelab.distributed.ops import all_reduce_sum
+
 
 class Cosines(NamedTuple):
     """What a classifier hands a margin.
@@ -14,13 +16,16 @@ class Cosines(NamedTuple):
     labels:     [B] int64 target column in `cos`, -1 where the target lives on another rank.
     target_cos: [B] cos(theta_y) of every sample, shared across ranks.
     norms:      [B] feature norms |x| before normalisation (not detached).
-    class_margins: [C_local] learnable per-class margins of the same (sampled) classes as the columns of
-                `cos` (AdaM-Softmax), or None when the classifier keeps none (the default). Added after
-                the first four fields with a default, so code that builds or reads the first four is
-                unchanged. A margin reads the target's margin at `labels` (rows with label -1 need none:
-                their target column lives on another rank).
-    world_size: how many ranks share the classes (1: this rank holds them all). A statistic a margin takes
-                over classes goes through `sum_over_classes`, so that the margin never knows about sharding.
+    class_margins: [C_local] learnable per-class margins of the same (sampled) classes as the
+                columns of `cos` (AdaM-Softmax), or None when the classifier keeps none (the
+                default). A margin reads the target's margin at `labels` (rows with label -1 need
+                none: their target column lives on another rank).
+    world_size: how many ranks share the classes (1: this rank holds them all). A statistic a margin
+                takes over classes goes through `sum_over_classes`, so that the margin never knows
+                about sharding.
+    columns:    [U] class id of each column of `cos` when the classifier selected columns (Hard
+                Prototype Mining, Partial FC); None when the columns are this rank's classes in
+                order.
     """
 
     cos: Tensor
@@ -29,12 +34,9 @@ class Cosines(NamedTuple):
     norms: Tensor
     class_margins: Tensor | None = None
     world_size: int = 1
+    columns: Tensor | None = None
 
     def sum_over_classes(self, t: Tensor) -> Tensor:
-        """`t`, a sum over this rank's columns, summed over the columns of every rank (differentiable
-        all-reduce, facelab.distributed.ops); `t` itself at world size 1."""
-        if self.world_size == 1:
-            return t
-        from facelab.distributed.ops import all_reduce_sum  # lazy: heads stay importable without it
-
-        return all_reduce_sum(t)
+        """`t`, a sum over this rank's columns, summed over the columns of every rank
+        (differentiable all-reduce, facelab.distributed.ops); `t` itself at world size 1."""
+        return t if self.world_size == 1 else all_reduce_sum(t)

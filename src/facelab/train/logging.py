@@ -10,13 +10,20 @@ LOG_NAME = "log.jsonl"
 
 
 class RunLogger:
-    """Appends `{"step": s, **values}` lines. On resume, lines past the resumed step (written after the
-    last checkpoint by the interrupted run) are dropped, so the log matches the restored state."""
+    """Appends `{"step": s, **values}` lines. On resume, lines past the resumed step (written after
+    the last checkpoint by the interrupted run) are dropped, so the log matches the restored
+    state."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None
+    ) -> None:
         self.path = Path(run_dir) / LOG_NAME
         if resume_step is not None and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln)["step"] <= resume_step
+            ]
             write_atomic(self.path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in keep)))
         elif resume_step is None:
             self.path.unlink(missing_ok=True)

@@ -12,29 +12,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from facelab.config import AMP_MODES, Config, config_to_dict
 from facelab.data.loader import make_loader, to_device
-from facelab.data.multi import dataset_sampler, open_training_data
+from facelab.data.multi import open_training_data
 from facelab.data.pairsets import load_bin
-from facelab.data.pk_sampler import build_label_sampler
-from facelab.data.samplers import AdaptiveBatchSampler, EpochBatchSampler
+from facelab.data.samplers import build_sampler
 from facelab.data.transforms import PREPROCESS_DEFAULT
-from facelab.distill.setup import distill_data
+from facelab.distill.setup import DistillPlots, distill_data
 from facelab.distributed import env as dist_env
-from facelab.distributed.checkpoint import full_state, slice_state
 from facelab.errors import FacelabError
 from facelab.eval.embed import embed_images
-from facelab.eval.report import plot_roc, without_curves
-from facelab.eval.thresholds import evaluate_with_thresholds, store_thresholds
+from facelab.eval.protocols import PROTOCOLS
+from facelab.eval.protocols.thresholds import store_thresholds
+from facelab.eval.reports.folders import without_curves
+from facelab.eval.reports.plots import plot_roc
 from facelab.io import check_writable, remove_stale_temps, write_table
 from facelab.jsonfile import write_json_atomic
-from facelab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from facelab.model import CHECKPOINT_NAME, load_checkpoint
+from facelab.train.checkpoint import TrainState
 from facelab.train.logging import RunLogger
 from facelab.train.optim import build_optimizer, build_scheduler
 from facelab.train.progress import Progress
 from facelab.train.run import METRICS_NAME, RunLock, finished_summary, resume_changes, write_config
 from facelab.train.task import FaceTask, check_names
+from facelab.train.validate import embed_images_sharded
 
 log = logging.getLogger(__name__)
 AMP_DTYPES = dict(zip(AMP_MODES, (None, torch.bfloat16, torch.float16), strict=True))
@@ -42,146 +45,121 @@ BAD_IMAGES_NAME = "bad_images.csv"
 
 
 @dataclass
-class _Parts:
-    """What a run trains with, built before the run folder is touched."""
-
-    dataset: torch.utils.data.Dataset
-    val_sets: dict
-    task: FaceTask
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    sampler: object  # a batch sampler with set_position (facelab.data.samplers, pk_sampler, multi, distill)
-    plots: object  # DistillPlots or None
-    bad_images: list[tuple[str, str]]  # (image, reason) left out of the set (data.skip_bad)
-
-
-@dataclass
-class _Session:
-    """One process's run: its config, folder, parts and records."""
+class _Run:
+    """One process's run: config, folder, data, training state and records."""
 
     cfg: Config
-    run: Path
+    folder: Path
     env: dist_env.DistEnv
-    parts: _Parts
+    state: TrainState
+    dataset: torch.utils.data.Dataset
+    val_sets: dict  # name -> pair set (facelab.data.pairsets)
+    plots: DistillPlots | None
+    bad_images: list[tuple[str, str]]  # (image, reason) left out of the set (data.skip_bad)
     changes: list[dict]  # config changes made by resumes (facelab.train.run)
-    logger: RunLogger | dist_env.NullLogger
-    progress: Progress
     seconds: float = 0.0  # time spent in training steps, over every session of the run (images/s)
     images: int = 0  # images trained on, over every session
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict:
+    """Train `cfg`; returns the summary also written to `<output>/metrics.json`.
 
-
-def _evaluate(task: FaceTask, val_sets: dict, cfg: Config, env: dist_env.DistEnv) -> tuple[dict, dict]:
-    """(verification results, deployment thresholds) per pair set from one embedding pass; in a
-    multi-process run every rank embeds its share of the images."""
-    embed = embed_images
-    if env.world_size > 1:
-        from facelab.distributed.evaluate import embed_images_sharded as embed
-    kw = {"batch_size": 2 * cfg.data.batch_size, "preprocess": task.preprocess, "device": env.device}
-    return evaluate_with_thresholds(task.backbone, val_sets, embed=embed, **kw)
-
-
-def _sampler(num_samples: int, cfg: Config, env: dist_env.DistEnv) -> EpochBatchSampler | AdaptiveBatchSampler:
-    """Uniform epochs, or AdaptiveFace's Adaptive Data Sampling when data.adaptive_sampling.enabled;
-    each rank gets its share of every global batch."""
-    ads, bs, shard = cfg.data.adaptive_sampling, cfg.data.batch_size, {"rank": env.rank, "world_size": env.world_size}
-    try:
-        if ads.enabled:
-            bounds = ads.min_weight, ads.max_weight
-            return AdaptiveBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip, ads.up, ads.down, *bounds, **shard)
-        return EpochBatchSampler(num_samples, bs, cfg.seed, cfg.data.flip, **shard)
-    except ValueError as e:
-        raise FacelabError(f"config data.batch_size: {e}") from None
-
-
-def _checkpoint(s: _Session, step: int) -> None:
-    parts = s.parts
-    task, sampler = parts.task, parts.sampler
-    head, opt = full_state(task.head, parts.optimizer)  # the whole classifier, gathered from every rank
-    if s.env.main:
-        save_checkpoint(s.run / CHECKPOINT_NAME, {
-            "model": task.backbone.state_dict(),
-            "head": head,
-            "objectives": task.objectives.state_dict(),  # learnable loss parameters (MarginLoss beta)
-            "optimizer": opt,
-            "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict(),
-            "step": step,
-            "rng": rng_state(next(task.parameters()).device),  # with the CUDA generator's on a GPU
-            "config": config_to_dict(s.cfg),
-            "config_changes": s.changes,  # what resumes changed, with the step (facelab.train.run)
-            "timing": {"seconds": s.seconds, "images": s.images},
-            "preprocess": task.preprocess,
-            "num_classes": parts.dataset.num_classes,
-            "sampler": sampler.state_dict() if isinstance(sampler, AdaptiveBatchSampler) else {},
-        })
-    dist_env.barrier(s.env)
-
-
-def _check_finite(pending: list[torch.Tensor], step: int) -> None:
-    """Raise if any loss of the steps ending at `step` is NaN/inf, naming the first; empties `pending`.
-
-    One device sync for all of them, at log, eval and checkpoint steps only, instead of one per step:
-    a diverged run still stops before its weights are evaluated or checkpointed.
+    resume: continue the run in cfg.output from its checkpoint; cfg may differ from the run's stored
+    configuration only in facelab.train.run.RESUMABLE keys. A finished run is left untouched.
+    stop_at: leave after this step with a checkpoint, as a pre-empted job would (continue with
+    resume=True); such a partial run writes no metrics.json.
     """
-    if not pending:
-        return
-    losses = torch.stack(pending)  # [n] the losses of steps step-n+1 .. step
-    pending.clear()
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        first = int(bad[0, 0])
-        bad_step = step - len(losses) + first
-        raise FacelabError(f"step {bad_step}: loss is {losses[first].item()} (lower optim.lr or enable clipping)")
+    # a misspelt margin or backbone fails here, before data is read or files written
+    check_names(cfg)
+    # one process, or one of torchrun's (facelab.distributed)
+    env = dist_env.setup(cfg.train.device)
+    finished, lock = False, None
+    try:
+        folder, lock = _open_run(cfg, resume, env)
+        summary = _train(cfg, folder, resume, stop_at, env)
+        finished = True
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
+        dist_env.teardown(env, finished)
 
 
-def _build(cfg: Config, env: dist_env.DistEnv) -> _Parts:
+def _train(cfg: Config, folder: Path, resume: bool, stop_at: int | None,
+           env: dist_env.DistEnv) -> dict:
+    ckpt, changes = (load_checkpoint(folder), []) if resume else (None, [])
+    if ckpt is not None:
+        changes = [*ckpt.get("config_changes", []), *resume_changes(cfg, ckpt, folder)]
+        done = finished_summary(folder, cfg, ckpt)
+        if done is not None:
+            asked = len(changes) > len(ckpt.get("config_changes", []))
+            log.info(
+                "%s: finished at step %d already; nothing to do, the folder is left as it is%s",
+                folder,
+                ckpt["step"],
+                " (the changed settings are not applied)" if asked else "",
+            )
+            return done
+    _set_torch(cfg, env.device)
+    run = _build(cfg, folder, env, changes)
+    if ckpt is not None:
+        run.state.restore(ckpt, env.device)
+        timing = ckpt.get("timing", {"seconds": 0.0, "images": 0})
+        run.seconds, run.images = timing["seconds"], timing["images"]
+        log.info("resumed %s at step %d", folder, run.state.step)
+    del ckpt
+    if env.main:  # the run is set up: only now is the folder written
+        _write_records(folder, cfg, changes, run.bad_images)
+    dist_env.barrier(env)
+    first = run.state.step if resume else None
+    logger = RunLogger(folder, cfg.train.tensorboard, first) if env.main else dist_env.NullLogger()
+    end = min(cfg.train.steps, stop_at) if stop_at else cfg.train.steps
+    show = cfg.train.progress and env.main
+    progress = Progress(cfg.name, cfg.train.steps, run.state.step, show, cfg.train.status_every)
+    _loop(run, logger, progress, end)
+    progress.close()
+    if end < cfg.train.steps:
+        logger.close()
+        return {"train": {"steps": end, "complete": False}}
+    return _finish(run, logger)
+
+
+def _set_torch(cfg: Config, device: torch.device) -> None:
+    """Threads, cuDNN autotuning and the seed of the run's draws."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":  # fixed 112×112 batches: the fastest algorithm found once serves all
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    torch.manual_seed(cfg.seed)
+
+
+def _build(cfg: Config, folder: Path, env: dist_env.DistEnv, changes: list[dict]) -> _Run:
     """Data, model, head, optimiser, schedule and batch sampler of `cfg` on this rank."""
-    dataset = open_training_data(cfg.data, preload=cfg.data.preload)  # data.train, or data.datasets (DAIL)
+    dataset = open_training_data(cfg.data, preload=cfg.data.preload)  # data.train or data.datasets
     val_sets = {Path(p).stem: load_bin(p) for p in cfg.data.val_pairs}
     preprocess = {**PREPROCESS_DEFAULT, "size": int(dataset[0][0].shape[-1])}
-    offsets = getattr(dataset, "offsets", None)  # multi-dataset class offsets (DAIL); None for one dataset
-    task = FaceTask(cfg, dataset.num_classes, preprocess, shard=(env.rank, env.world_size), offsets=offsets)
+    offsets = getattr(dataset, "offsets", None)  # first class of each dataset (DAIL); None: one
+    shard = (env.rank, env.world_size)
+    task = FaceTask(cfg, dataset.num_classes, preprocess, shard=shard, offsets=offsets)
     task = task.to(env.device)
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
-    task.parallel = dist_env.wrap_backbone(task.backbone, env)
-    if cfg.train.compile:  # the training forward only: evaluation and checkpoints use the plain module (same weights)
-        task.parallel = (torch.compile((task.parallel or (task.backbone,))[0]),)
+    task.wrap_backbone(lambda backbone: _train_backbone(backbone, cfg, env))
     optimizer = build_optimizer(cfg.optim, task)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp == "fp16")
-    if cfg.data.datasets:  # a fixed share of every batch per dataset (DAIL)
-        sampler = dataset_sampler(dataset, cfg.data, cfg.seed, env.rank, env.world_size)
-    else:  # data.sampler pk | siamese, else uniform / adaptive
-        sampler = build_label_sampler(dataset.labels, cfg, env.rank, env.world_size) or _sampler(len(dataset), cfg, env)
+    sampler = build_sampler(cfg, dataset, env.rank, env.world_size)
     plots, bad = None, list(getattr(dataset, "bad_images", None) or [])
-    if cfg.distill.name != "none":  # easy and hard images of the same identities per batch (facelab.distill)
+    if cfg.distill.name != "none":  # easy and hard images of the same identities per batch
         dataset, sampler, plots = distill_data(dataset, cfg, env)
-    return _Parts(dataset, val_sets, task, optimizer, scheduler, scaler, sampler, plots, bad)
+    state = TrainState(task, optimizer, scheduler, scaler, sampler)
+    return _Run(cfg, folder, env, state, dataset, val_sets, plots, bad, changes)
 
 
-def _restore(parts: _Parts, ckpt: dict, device: torch.device) -> int:
-    """Load a checkpoint's training state into `parts`; returns its step."""
-    task, optimizer = parts.task, parts.optimizer
-    task.backbone.load_state_dict(ckpt["model"])
-    head, opt = slice_state(task.head, optimizer, ckpt["head"], ckpt["optimizer"])  # this rank's classes
-    task.head.load_state_dict(head)
-    optimizer.load_state_dict(opt)
-    task.objectives.load_state_dict(ckpt.get("objectives", {}))
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
-    parts.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"], device)
-    if isinstance(parts.sampler, AdaptiveBatchSampler):
-        parts.sampler.load_state_dict(ckpt["sampler"])
-    return int(ckpt["step"])
+def _train_backbone(backbone: nn.Module, cfg: Config, env: dist_env.DistEnv) -> nn.Module:
+    """The backbone as the training forward runs it: DDP-wrapped and/or torch.compiled."""
+    module = dist_env.wrap_backbone(backbone, env)
+    return torch.compile(module) if cfg.train.compile else module
 
 
 def _open_run(cfg: Config, resume: bool, env: dist_env.DistEnv) -> tuple[Path, RunLock | None]:
@@ -195,8 +173,8 @@ def _open_run(cfg: Config, resume: bool, env: dist_env.DistEnv) -> tuple[Path, R
         if has_checkpoint != resume:
             held.release()
             if has_checkpoint:
-                raise FacelabError(f"{run}: holds a run already; pass --resume to continue it, or choose "
-                                   "another output")
+                raise FacelabError(f"{run}: holds a run already; pass --resume to continue it, or "
+                                   "choose another output")
             raise FacelabError(f"{run}: nothing to resume (no {CHECKPOINT_NAME})")
         return held
 
@@ -214,146 +192,149 @@ def _write_records(run: Path, cfg: Config, changes: list[dict], bad: list[tuple[
                     run / BAD_IMAGES_NAME)
 
 
-def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict:
-    """Train `cfg`; returns the summary also written to `<output>/metrics.json`.
-
-    resume: continue the run in cfg.output from its checkpoint; cfg may differ from the run's stored
-    configuration only in facelab.train.run.RESUMABLE keys. A finished run is left untouched.
-    stop_at: leave after this step with a checkpoint, as a pre-empted job would (continue with resume=True);
-    such a partial run writes no metrics.json.
-    """
-    check_names(cfg)  # a misspelt margin or backbone fails here, before data is read or files written
-    env = dist_env.setup(cfg.train.device)  # one process, or one of torchrun's (see facelab.distributed)
-    finished, lock = False, None
-    try:
-        run, lock = _open_run(cfg, resume, env)
-        summary = _train(cfg, run, resume, stop_at, env)
-        finished = True
-        return summary
-    finally:
-        if lock is not None:
-            lock.release()
-        dist_env.teardown(env, finished)
-
-
-def _train(cfg: Config, run: Path, resume: bool, stop_at: int | None, env: dist_env.DistEnv) -> dict:
-    ckpt, changes = None, []
-    if resume:
-        ckpt = load_checkpoint(run)
-        changes = [*ckpt.get("config_changes", []), *resume_changes(cfg, ckpt, run)]
-        done = finished_summary(run, cfg, ckpt)
-        if done is not None:
-            asked = len(changes) > len(ckpt.get("config_changes", []))
-            log.info("%s: finished at step %d already; nothing to do, the folder is left as it is%s", run,
-                     ckpt["step"], " (the changed settings are not applied)" if asked else "")
-            return done
-    device = env.device
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cuda":  # fixed 112×112 batches: the fastest algorithm found once serves the whole run
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-    torch.manual_seed(cfg.seed)
-    parts = _build(cfg, env)
-    step = _restore(parts, ckpt, device) if ckpt is not None else 0
-    timing = (ckpt or {}).get("timing", {"seconds": 0.0, "images": 0})
-    if ckpt is not None:
-        log.info("resumed %s at step %d", run, step)
-    del ckpt
-    if env.main:  # the run is set up: only now is the folder written
-        _write_records(run, cfg, changes, parts.bad_images)
-    dist_env.barrier(env)
-    logger = RunLogger(run, cfg.train.tensorboard, step if resume else None) if env.main else dist_env.NullLogger()
-    end = min(cfg.train.steps, stop_at) if stop_at else cfg.train.steps
-    progress = Progress(cfg.name, cfg.train.steps, step, cfg.train.progress and env.main, cfg.train.status_every)
-    session = _Session(cfg, run, env, parts, changes, logger, progress, **timing)
-    _loop(session, step, end)
-    progress.close()
-    if end < cfg.train.steps:
-        logger.close()
-        return {"train": {"steps": end, "complete": False}}
-    return _finish(session)
-
-
-def _loop(s: _Session, step: int, end: int) -> None:
-    """Steps step+1 .. end, adding their time and images to s.seconds and s.images."""
-    cfg, parts, env = s.cfg, s.parts, s.env
-    task, sampler, optimizer, scheduler, scaler = (
-        parts.task, parts.sampler, parts.optimizer, parts.scheduler, parts.scaler)
-    device = env.device
-    per_epoch = len(sampler)  # batches per epoch (a new sampler starts at batch 0)
-    if parts.plots and step == 0 and env.main:
-        parts.plots.before(task, s.run, device)
-    task.train()
-    loader = make_loader(parts.dataset, sampler, cfg.data.workers, device, seed=cfg.seed)  # once: persistent
-    pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (checked without a per-step sync)
-    while step < end:
-        sampler.set_position(*divmod(step, per_epoch))
+def _loop(run: _Run, logger: RunLogger | dist_env.NullLogger, progress: Progress, end: int) -> None:
+    """Steps state.step+1 .. end, adding their time and images to run.seconds and run.images."""
+    cfg, state, env = run.cfg, run.state, run.env
+    per_epoch = len(state.sampler)  # batches per epoch (a new sampler starts at batch 0)
+    if run.plots and state.step == 0 and env.main:
+        run.plots.before(state.task, run.folder, env.device)
+    state.task.train()
+    loader = make_loader(run.dataset, state.sampler, cfg.data.workers, env.device, seed=cfg.seed)
+    pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (no per-step sync)
+    while state.step < end:
+        state.sampler.set_position(*divmod(state.step, per_epoch))
         tick = time.perf_counter()
-        for images, labels, *rest in loader:  # rest: [] or [extras dict] (see facelab.train.task)
-            images, labels, *rest = to_device([images, labels, *rest], device)
-            extras = rest[0] if rest else {}
-            task.set_step(step)  # step-scheduled objectives (DAIL's GRL) and the crossing-dropout draw
-            with _autocast(device, cfg.train.amp):
-                losses = task(images, labels, **extras)
+        for batch in loader:  # images, labels and optionally an extras dict (facelab.train.task)
+            losses, size = _step(run, list(batch), per_epoch)
             pending.append(losses["loss"].detach())
-            if isinstance(sampler, AdaptiveBatchSampler):  # per-sample feedback: hard images drawn more often
-                sampler.feedback(step % per_epoch, task.correct.cpu().numpy())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            if cfg.train.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                classifier = getattr(task.head, "classifier", None)  # None: a pair-loss run has no classifier
-                dist_env.clip_grad_norm(task.parameters(), cfg.train.clip_grad_norm, classifier)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            s.images += len(labels) * env.world_size
-            s.progress.update(len(labels) * env.world_size)
-
+            state.step += 1
+            step = state.step
+            run.images += size
+            progress.update(size)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 _check_finite(pending, step)
                 values = {f"loss/{k}": v.item() for k, v in losses.items()}
-                values["lr"] = scheduler.get_last_lr()[0]
-                s.logger.log(step, values)
-                s.progress.set_loss(values["loss/loss"])
-            s.seconds += time.perf_counter() - tick
-            if parts.val_sets and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                values["lr"] = state.scheduler.get_last_lr()[0]
+                logger.log(step, values)
+                progress.set_loss(values["loss/loss"])
+            run.seconds += time.perf_counter() - tick
+            every = cfg.train.eval_every
+            if run.val_sets and every and step % every == 0 and step < cfg.train.steps:
                 _check_finite(pending, step)
-                started = time.perf_counter()
-                results = _evaluate(task, parts.val_sets, cfg, env)[0]
-                values = {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()}
-                s.logger.log(step, {**values, "val/seconds": time.perf_counter() - started})
+                _validate(run, logger, step)
             if step % cfg.train.checkpoint_every == 0 or step == end:
                 _check_finite(pending, step)
-                _checkpoint(s, step)
+                _checkpoint(run)
             if step >= end:
                 break
             tick = time.perf_counter()
 
 
-def _finish(s: _Session) -> dict:
-    """The final 10-fold evaluation, deployed thresholds, plots and metrics.json of a completed run."""
-    cfg, parts, env, run = s.cfg, s.parts, s.env, s.run
-    results, thresholds = _evaluate(parts.task, parts.val_sets, cfg, env)  # 10-fold accuracy + thresholds
+def _step(run: _Run, batch: list, per_epoch: int) -> tuple[dict[str, torch.Tensor], int]:
+    """One optimisation step on `batch`; (its losses, images over every rank)."""
+    cfg, state, device = run.cfg, run.state, run.env.device
+    task, optimizer, scaler = state.task, state.optimizer, state.scaler
+    images, labels, *rest = to_device(batch, device)
+    task.set_step(state.step)  # DAIL's GRL schedule and the crossing-dropout draw
+    with _autocast(device, cfg.train.amp):
+        out = task(images, labels, **(rest[0] if rest else {}))
+    if state.sampler.wants_feedback:  # Adaptive Data Sampling: hard images drawn more often
+        state.sampler.feedback(state.step % per_epoch, out.correct.cpu().numpy())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.losses["loss"]).backward()
+    if cfg.train.clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        classifier = None if task.head is None else task.head.classifier
+        dist_env.clip_grad_norm(task.parameters(), cfg.train.clip_grad_norm, classifier)
+    scaler.step(optimizer)
+    scaler.update()
+    state.scheduler.step()
+    return out.losses, len(labels) * run.env.world_size
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _check_finite(pending: list[torch.Tensor], step: int) -> None:
+    """Raise if any loss of the steps ending at `step` is NaN/inf, naming the first; empties
+    `pending`.
+
+    One device sync for all of them, at log, eval and checkpoint steps only, instead of one per
+    step: a diverged run still stops before its weights are evaluated or checkpointed.
+    """
+    if not pending:
+        return
+    losses = torch.stack(pending)  # [n] the losses of steps step-n+1 .. step
+    pending.clear()
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        first = int(bad[0, 0])
+        bad_step = step - len(losses) + first
+        raise FacelabError(f"step {bad_step}: loss is {losses[first].item()} "
+                           "(lower optim.lr or enable clipping)")
+
+
+def _evaluate(run: _Run) -> tuple[dict, dict]:
+    """(verification results, deployment thresholds) per pair set from one embedding pass; in a
+    multi-process run every rank embeds its share of the images."""
+    embed = embed_images if run.env.world_size == 1 else embed_images_sharded
+    task = run.state.task
+    kw = {"batch_size": 2 * run.cfg.data.batch_size, "preprocess": task.preprocess,
+          "device": run.env.device}
+    evaluate = PROTOCOLS["pairs"]
+    results = evaluate(task.backbone, run.val_sets, embed=embed, operating_points=True, **kw)
+    return results, {name: r.pop("operating_points") for name, r in results.items()}
+
+
+def _validate(run: _Run, logger: RunLogger | dist_env.NullLogger, step: int) -> None:
+    """Verification accuracy of every validation set, logged at `step`."""
+    started = time.perf_counter()
+    results = _evaluate(run)[0]
+    values = {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()}
+    logger.log(step, {**values, "val/seconds": time.perf_counter() - started})
+
+
+def _checkpoint(run: _Run) -> None:
+    """The training state and the run's records, written atomically by rank 0."""
+    task = run.state.task
+    run.state.save(run.folder / CHECKPOINT_NAME, {
+        "config": config_to_dict(run.cfg),
+        "config_changes": run.changes,  # what resumes changed, with the step (facelab.train.run)
+        "timing": {"seconds": run.seconds, "images": run.images},
+        "preprocess": task.preprocess,
+        "num_classes": run.dataset.num_classes,
+    }, run.env.main)
+    dist_env.barrier(run.env)
+
+
+def _finish(run: _Run, logger: RunLogger | dist_env.NullLogger) -> dict:
+    """The final 10-fold evaluation, deployed thresholds, plots and metrics.json of a completed
+    run."""
+    cfg, env, folder = run.cfg, run.env, run.folder
+    results, thresholds = _evaluate(run)  # 10-fold accuracy + thresholds
     if results:
-        s.logger.log(cfg.train.steps, {f"val/{name}/accuracy": r["accuracy"] for name, r in results.items()})
+        accuracies = {f"val/{n}/accuracy": r["accuracy"] for n, r in results.items()}
+        logger.log(cfg.train.steps, accuracies)
         if env.main:
-            plot_roc(results, run / "roc.png")
-            store_thresholds(run / CHECKPOINT_NAME, thresholds)  # the deployed verifier's operating points
-    if parts.plots and env.main:
-        parts.plots.after(parts.task, run, env.device)
-    s.logger.close()
+            plot_roc(results, folder / "roc.png")
+            store_thresholds(folder / CHECKPOINT_NAME, thresholds)  # the deployed operating points
+    if run.plots and env.main:
+        run.plots.after(run.state.task, folder, env.device)
+    logger.close()
     train = {
         "steps": cfg.train.steps,
-        # over every session of the run; None only for a checkpoint of an older facelab without timing
-        "images_per_second": s.images / s.seconds if s.seconds > 0 else None,
-        "num_classes": parts.dataset.num_classes,
-        "num_images": len(parts.dataset),
-        "bad_images_skipped": len(parts.bad_images),
-        "config_changes": s.changes,
+        # over every session of the run; None only for a checkpoint without timing
+        "images_per_second": run.images / run.seconds if run.seconds > 0 else None,
+        "num_classes": run.dataset.num_classes,
+        "num_images": len(run.dataset),
+        "bad_images_skipped": len(run.bad_images),
+        "config_changes": run.changes,
     }
     summary = {"pairs": without_curves(results), "thresholds": thresholds, "train": train}
     if env.main:
-        write_json_atomic(run / METRICS_NAME, summary)
+        write_json_atomic(folder / METRICS_NAME, summary)
     return summary

@@ -14,7 +14,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -25,14 +28,17 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
 
 
 def lr_factor(step: int, total: int, cfg: ScheduleConfig, base_lr: float) -> float:
-    """Multiplier of the base rate at `step` (0-based): linear warm-up, then constant / poly / cosine
-    decay from the base rate to `min_lr` at `total`."""
+    """Multiplier of the base rate at `step` (0-based): linear warm-up, then
+    constant / poly / cosine decay from the base rate to `min_lr` at `total`."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.name == "constant":
         return 1.0
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    shape = (1 - progress) ** cfg.power if cfg.name == "poly" else 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.name == "poly":
+        shape = (1 - progress) ** cfg.power
+    else:
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
     floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
     return floor + (1 - floor) * shape
 
@@ -40,4 +46,6 @@ def lr_factor(step: int, total: int, cfg: ScheduleConfig, base_lr: float) -> flo
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, base_lr: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg, base_lr))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg, base_lr)
+    )

@@ -2,10 +2,11 @@
 
 A run folder is written by one training process (rank 0 of a multi-process run) at a time: `RunLock`
 holds `.lock` (pid, host, process start, time). A resume continues with the stored configuration;
-only the keys of `RESUMABLE` may differ from it (more steps, other intervals or validation sets, ...),
-and each such change is kept in the checkpoint's `config_changes` with the step it took effect,
-and shown as comments at the top of `config.yaml`. Nothing in the folder is written before the run
-has been checked, its data opened and its state restored, so a resume that fails leaves it as it was.
+only the keys of `RESUMABLE` may differ from it (more steps, other intervals or validation sets,
+...), and each such change is kept in the checkpoint's `config_changes` with the step it took
+effect, and shown as comments at the top of `config.yaml`. Nothing in the folder is written before
+the run has been checked, its data opened and its state restored, so a resume that fails leaves it
+as it was.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ METRICS_NAME = "metrics.json"
 # validation pairs are, how it loads and on what it runs. Anything else would make the checkpoint's
 # state and config.yaml disagree about what trained it.
 RESUMABLE = (
-    "train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every", "train.status_every",
-    "train.progress", "train.threads", "train.device", "data.val_pairs", "data.workers",
-    "data.check_images", "name", "output",
+    "train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every",
+    "train.status_every", "train.progress", "train.threads", "train.device", "data.val_pairs",
+    "data.workers", "data.check_images", "name", "output",
 )
 _SILENT = ("name", "output")  # a moved or renamed folder: not a change of what trains
 
@@ -59,8 +60,12 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> RunLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": process_start(os.getpid()),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "process_start": process_start(os.getpid()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         for _ in range(3):  # a stale lock removed under us by another taker: try again
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -68,12 +73,16 @@ class RunLock:
                 self._handle_existing(me["host"])
                 continue
             except OSError as e:
-                raise FacelabError(f"{self.path}: cannot create the run's lock ({e.strerror})") from None
+                raise FacelabError(
+                    f"{self.path}: cannot create the run's lock ({e.strerror})"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(strict_json(me, indent=None))
             self.held = True
             return self
-        raise FacelabError(f"{self.path}: could not take the run's lock (another process keeps taking it)")
+        raise FacelabError(
+            f"{self.path}: could not take the run's lock (another process keeps taking it)"
+        )
 
     def _handle_existing(self, host: str) -> None:
         try:
@@ -85,8 +94,10 @@ class RunLock:
         who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
                if holder else "an unreadable lock")
         if holder.get("host", host) != host or _alive(holder):
-            raise FacelabError(f"{self.path.parent}: another facelab process writes this run folder ({who}); "
-                               f"wait for it, or remove {self.path} if that process is gone")
+            raise FacelabError(
+                f"{self.path.parent}: another facelab process writes this run folder ({who}); "
+                f"wait for it, or remove {self.path} if that process is gone"
+            )
         log.warning("%s: taking over the lock of %s, which is gone", self.path.parent, who)
         self.path.unlink(missing_ok=True)
 
@@ -122,26 +133,34 @@ def resume_changes(cfg: Config, ckpt: dict, where: Path) -> list[dict]:
         if old == value:
             continue
         if key not in RESUMABLE:
-            raise FacelabError(f"{where}: config {key} was {old!r} in this run, resume asks for {value!r}; "
-                               f"a resume may change only {', '.join(k for k in RESUMABLE if k not in _SILENT)}")
+            allowed = ", ".join(k for k in RESUMABLE if k not in _SILENT)
+            raise FacelabError(
+                f"{where}: config {key} was {old!r} in this run, resume asks for {value!r}; "
+                f"a resume may change only {allowed}"
+            )
         if key not in _SILENT:
             changes.append({"step": int(ckpt["step"]), "key": key, "from": old, "to": value})
     if cfg.train.steps < ckpt["step"]:
-        raise FacelabError(f"{where}: config train.steps={cfg.train.steps} is below the step the run has "
-                           f"reached ({ckpt['step']})")
+        raise FacelabError(
+            f"{where}: config train.steps={cfg.train.steps} is below the step the run has "
+            f"reached ({ckpt['step']})"
+        )
     return changes
 
 
 def write_config(run: Path, cfg: Config, changes: list[dict]) -> None:
-    """`config.yaml`: the configuration that runs now, the changes resumes made as comments on top."""
-    notes = "".join(f"# step {c['step']}: {c['key']} changed from {c['from']!r} to {c['to']!r} on resume\n"
-                    for c in changes)
+    """`config.yaml`: the configuration in effect, the changes resumes made as comments on top."""
+    notes = "".join(
+        f"# step {c['step']}: {c['key']} changed from {c['from']!r} to {c['to']!r} on resume\n"
+        for c in changes
+    )
     text = notes + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     write_atomic(run / CONFIG_NAME, lambda tmp: tmp.write_text(text))
 
 
 def finished_summary(run: Path, cfg: Config, ckpt: dict) -> dict | None:
-    """The stored summary when the run already ended at cfg.train.steps (metrics.json written), else None."""
+    """The stored summary when the run already ended at cfg.train.steps (metrics.json written),
+    else None."""
     metrics = run / METRICS_NAME
     if ckpt["step"] < cfg.train.steps or not metrics.is_file():
         return None

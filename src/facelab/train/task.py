@@ -1,115 +1,143 @@
-"""The training task: backbone + head -> loss dict. The loop only sees this module.
+"""The training task: embedding network + head + objectives -> loss dict. The loop only sees this.
 
-Auxiliary losses: a submodule of the embedding network with an `aux_losses()` method (GroupFace) hands
-its weighted terms of the last training forward as {name: scalar}; they join the loss dict under their
-names and are added to "loss", so the loop logs them as loss/<name>.
-
-Extra objectives: `task.objectives` (a ModuleDict, empty by default) holds modules called as
-`objective(embeddings [B, d], labels [B], **extras) -> {term: weighted scalar}` after the head (pair losses,
-distillation, dataset classifiers); their terms join the loss dict and "loss" the same way. `extras` are
-the optional third element of a loader batch, a dict of per-sample tensors (e.g. an easy/hard flag),
-passed through unchanged; an objective takes the keys it needs and ignores the rest.
+The head (facelab.heads) gives the classification loss; the objectives (facelab.losses.OBJECTIVES)
+add their weighted terms, which join the loss dict under their names and are added to "loss", so the
+loop logs them as loss/<name>. A pair-loss run (objective: pairs) has no head.
 """
 
-from pathlib import Path
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from facelab.backbones import build_backbone, check_backbone
-from facelab.backbones.groupface import GroupFace
-from facelab.config import Config, config_from_dict
+from facelab.backbones import check_backbone
+from facelab.config import Config
 from facelab.data.transforms import check_preprocess, to_input
-from facelab.distill.setup import build_objective
+from facelab.distributed.ops import gather_rows
 from facelab.errors import FacelabError
-from facelab.heads import build_head
-from facelab.losses.pairs import NoHead, build_objectives
-from facelab.train.checkpoint import load_checkpoint, resolve_checkpoint
-from facelab.train.dail import attach_dail
+from facelab.heads import FaceHead, build_head
+from facelab.heads.dataset_mask import DatasetMask
+from facelab.losses import build_objectives
+from facelab.losses.pairs import pairs_objective
+from facelab.model import build_model
+
+
+class TaskOutput(NamedTuple):
+    """One training forward."""
+
+    losses: dict[str, Tensor]  # "loss" (the total to back-propagate) and every term
+    # [B] bool, the label's logit is the highest (global batch when sharded); only when the task
+    # tracks it (Adaptive Data Sampling)
+    correct: Tensor | None
 
 
 class FaceTask(nn.Module):
-    """images uint8 [B, 3, H, W] + labels [B] -> {"loss": total, "ce": ..., ...}."""
+    """images uint8 [B, 3, H, W] + labels [B] (+ extras) -> TaskOutput."""
 
-    def __init__(self, cfg: Config, num_classes: int, preprocess: dict, shard: tuple[int, int] = (0, 1),
-                 offsets: list[int] | None = None) -> None:
-        """shard: (rank, world_size) of a multi-process run; the classifier holds that rank's classes.
-        offsets: [D + 1] first class of each dataset of a multi-dataset run (facelab.data.multi); else None."""
+    def __init__(self, cfg: Config, num_classes: int, preprocess: dict,
+                 shard: tuple[int, int] = (0, 1), offsets: list[int] | None = None) -> None:
+        """shard: (rank, world_size) of a multi-process run; the classifier holds that rank's
+        classes.
+        offsets: [D + 1] first class of each dataset of a multi-dataset run (facelab.data.multi)."""
         super().__init__()
+        check_task(cfg, shard[1], offsets)
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
-        if shard[1] > 1 and cfg.model.groupface.groups:
-            raise FacelabError("config model.groupface: GroupFace's self-distributed labels use one process's batch "
-                               "mean; not implemented for more than one process")
-        if shard[1] > 1 and cfg.train.amp == "fp16":  # each rank's scaler would skip steps on its own shard's inf
-            raise FacelabError("config train.amp: 'fp16' is not implemented for more than one process; use bf16")
-        check_names(cfg)
-        objectives = build_objectives(cfg)  # objective: pairs -> no classifier head (an empty NoHead)
-        self.head = NoHead() if cfg.objective == "pairs" else build_head(
-            cfg.head.margin,
-            cfg.model.embedding_size,
-            num_classes,
-            sub_centers=cfg.head.sub_centers,
-            classifier_kwargs={"rank": shard[0], "world_size": shard[1], "sample_rate": cfg.head.sample_rate,
-                               "seed": cfg.seed},
-            **cfg.head.kwargs,
+        self.head = (
+            None if cfg.objective == "pairs" else task_head(cfg, num_classes, shard, offsets)
         )
-        if not isinstance(self.head, NoHead):
-            self.head.classifier.hard_prototypes = cfg.head.hard_prototypes  # AdaptiveFace HPM; 0: off
-        self.correct: torch.Tensor | None = None  # [B] bool of the last forward (Adaptive Data Sampling)
-        # computed only for Adaptive Data Sampling: an argmax over [B, C_local] and, sharded, two all-gathers
+        self.objectives = nn.ModuleDict(build_objectives(cfg, self.backbone, offsets))
+        # an argmax over [B, C_local] and, sharded, two all-gathers: only for Adaptive Data Sampling
         self.track_correct = cfg.data.adaptive_sampling.enabled
-        self.objectives = nn.ModuleDict(objectives)  # extra loss terms on the embeddings (see the module docstring)
-        # (backbone as the training forward runs it: DDP-wrapped and/or torch.compiled,) or (); not a submodule
-        self.parallel: tuple[nn.Module, ...] = ()
-        if cfg.distill.name == "ddl":  # DDL between easy and hard images (facelab.distill)
-            self.objectives["ddl"] = build_objective(cfg.distill)
-        attach_dail(self, cfg, offsets)  # DAIL dataset mask and dataset classifier, when configured
+        self.wrap_backbone(lambda backbone: backbone)
+
+    def wrap_backbone(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Run the training forward through wrap(backbone) (DDP, torch.compile); evaluation and
+        checkpoints use the plain backbone (the same weights)."""
+        # a reference, not a submodule: the state dict holds the backbone once
+        object.__setattr__(self, "train_backbone", wrap(self.backbone))
 
     def set_step(self, step: int) -> None:
-        """Tell step-scheduled parts (objectives, the DAIL dataset mask's dropout draw) the training step."""
-        for part in [*self.objectives.values(), getattr(self.head, "dataset_mask", None)]:
-            if hasattr(part, "step"):
-                part.step = step
+        """Tell the step-scheduled parts (DAIL's GRL, the crossing-dropout draw) the training
+        step."""
+        if self.head is not None:
+            self.head.set_step(step)
+        for objective in self.objectives.values():
+            objective.set_step(step)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
-        embeddings = (self.parallel or (self.backbone,))[0](to_input(images, self.preprocess))  # [B, d]
-        losses, logits = self.head.forward_with_logits(embeddings, labels)
-        self.correct = self._correct(logits, labels) if self.track_correct and logits is not None else None
-        for module in self.backbone.modules():
-            _add_terms(losses, getattr(module, "aux_losses", dict)(), type(module).__name__)
+    def forward(self, images: Tensor, labels: Tensor, **extras: Tensor) -> TaskOutput:
+        embeddings = self.train_backbone(to_input(images, self.preprocess))  # [B, d]
+        losses, correct = {"loss": embeddings.new_zeros(())}, None
+        if self.head is not None:
+            x, y = embeddings, labels
+            if self.head.sharded:  # [N·b, d], [N·b]: every rank's classes meet the global batch
+                x, y = gather_rows(x), gather_rows(y)
+            out = self.head.forward_with_logits(x, y)
+            losses = out.losses
+            correct = self.head.correct(out, y) if self.track_correct else None
         for name, objective in self.objectives.items():
             _add_terms(losses, objective(embeddings, labels, **extras), f"objective {name!r}")
-        return losses
+        return TaskOutput(losses, correct)
 
-    @torch.no_grad()
-    def _correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """[B] bool: the highest training logit is the label's (the sample meets its margin)."""
-        columns = self.head.classifier.columns  # class id of each column (hard prototypes, Partial FC)
-        if self.head.classifier.world_size != 1:  # [N·b] of the gathered batch
-            from facelab.distributed.loss import sharded_correct
 
-            return sharded_correct(logits, self.head.batch_labels, self.head.classifier.start, columns)
-        pred = logits.argmax(dim=1)  # [B]
-        return (pred + self.head.classifier.start if columns is None else columns[pred]) == labels
+def task_head(cfg: Config, num_classes: int, shard: tuple[int, int], offsets: list[int] | None,
+              ) -> FaceHead:
+    """The configured head on this rank's share of the classes."""
+    mask = None
+    if cfg.head.dataset_aware:  # DAIL: each sample's softmax over its own dataset's classes
+        mask = DatasetMask(offsets, cfg.head.crossing_dropout, cfg.seed)
+    h = cfg.head
+    shards = {"rank": shard[0], "world_size": shard[1], "sample_rate": h.sample_rate,
+              "seed": cfg.seed, "hard_prototypes": h.hard_prototypes}
+    return build_head(h.margin, cfg.model.embedding_size, num_classes, sub_centers=h.sub_centers,
+                      classifier_kwargs=shards, dataset_mask=mask, **h.kwargs)
+
+
+def check_task(cfg: Config, world_size: int, offsets: list[int] | None) -> None:
+    """What a task of `cfg` refuses at this world size and with these datasets."""
+    check_names(cfg)
+    if world_size > 1 and cfg.model.groupface.groups:
+        raise FacelabError("config model.groupface: GroupFace's self-distributed labels use one "
+                           "process's batch mean; not implemented for more than one process")
+    if world_size > 1 and cfg.train.amp == "fp16":  # each rank's scaler would skip its own infs
+        raise FacelabError("config train.amp: 'fp16' is not implemented for more than one process; "
+                           "use bf16")
+    wanted = cfg.head.dataset_aware or cfg.dail.weight > 0
+    if wanted and cfg.objective == "pairs":
+        raise FacelabError("config head.dataset_aware / dail.weight: not available with objective: "
+                           "pairs (no head)")
+    if wanted and (offsets is None or len(offsets) < 3):
+        raise FacelabError("config head.dataset_aware / dail.weight: need data.datasets with at "
+                           "least 2 datasets")
 
 
 def check_names(cfg: Config) -> None:
-    """Every registry name and keyword argument of `cfg` (backbone, margin, pair loss, miner, ...), checked
-    by building the cheap parts (a 4-class head, the objectives): a typo fails before the data is read."""
+    """Every registry name and keyword argument of `cfg` (backbone, margin, pair loss, miner, ...),
+    checked by building the cheap parts (a 4-class head, the objectives): a typo fails before the
+    data is read."""
     try:
         check_backbone(cfg.model.backbone, cfg.model.embedding_size, **cfg.model.kwargs)
     except FacelabError as e:
         raise FacelabError(f"config model: {e}") from None
-    build_objectives(cfg)
+    pairs_objective(cfg)
     reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
     if reserved:
-        raise FacelabError(f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key")
+        raise FacelabError(
+            f"config head.kwargs.{sorted(reserved)[0]}: set by the data or its own config key"
+        )
     if cfg.objective != "pairs":
         try:
-            with torch.random.fork_rng(devices=[]):  # the probe's init must not move the run's draws
-                build_head(cfg.head.margin, cfg.model.embedding_size, 4, sub_centers=cfg.head.sub_centers,
-                           **cfg.head.kwargs)  # 4 classes: enough for every margin's own checks (AdaCos: 3)
+            # the probe's init must not move the run's draws
+            with torch.random.fork_rng(devices=[]):
+                # 4 classes: enough for every margin's own checks (AdaCos: 3)
+                build_head(
+                    cfg.head.margin,
+                    cfg.model.embedding_size,
+                    4,
+                    sub_centers=cfg.head.sub_centers,
+                    **cfg.head.kwargs,
+                )
         except FacelabError as e:
             raise FacelabError(f"config head: {e}") from None
 
@@ -121,29 +149,3 @@ def _add_terms(losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], 
             raise FacelabError(f"loss term {name!r} of {owner} clashes with an existing loss term")
         losses[name] = value
         losses["loss"] = losses["loss"] + value
-
-
-def build_model(cfg: Config) -> nn.Module:
-    """The embedding network alone (what evaluation and export use); GroupFace-wrapped if configured."""
-    backbone = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size, **cfg.model.kwargs)
-    gf, size = cfg.model.groupface, cfg.model.embedding_size
-    return backbone if gf.groups == 0 else GroupFace(backbone, size, size, gf.groups, gf.lam, gf.hidden)
-
-
-def load_model(checkpoint: str | Path) -> tuple[nn.Module, dict]:
-    """(embedding network in eval mode, its preprocessing) from a checkpoint file, a run folder or an
-    exported `.onnx` model (`facelab export`; then an onnxruntime-backed module, facelab.export.OnnxEmbedder).
-    Either way the model maps to_input(images) float32 [B, 3, H, W] to raw embeddings [B, d]."""
-    path = resolve_checkpoint(checkpoint)
-    if path.suffix.lower() == ".onnx":
-        from facelab.export import load_onnx  # lazy: onnxruntime is an optional dependency
-
-        return load_onnx(path)
-    return model_from_checkpoint(load_checkpoint(path))
-
-
-def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, dict]:
-    """(embedding network in eval mode, its preprocessing) from a loaded checkpoint dict."""
-    model = build_model(config_from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt["preprocess"]

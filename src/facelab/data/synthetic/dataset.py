@@ -1,50 +1,52 @@
-"""`run_synth`: write a synthetic face dataset (photos, landmarks, attributes, pair sets) to a folder.
+"""`run_synth`: write a synthetic face dataset (photos, landmarks, attributes, pair sets) to a
+folder.
 
 Layout of OUT:
-  images/<identity>/<n>.jpg   unaligned photos (FRAME x FRAME, face somewhere in it), identities 0..N-1
-  landmarks.csv               image,x1,y1,...,x5,y5 (left eye, right eye, nose tip, left/right mouth corner)
+  images/<identity>/<n>.jpg   unaligned photos (FRAME x FRAME, face somewhere in it), identities
+                              0..N-1
+  landmarks.csv               image,x1,y1,...,x5,y5 (left eye, right eye, nose tip, left/right mouth
+                              corner): the file `facelab align` reads (facelab.align.folder.HEADER)
   attributes.csv              image, identity and every nuisance value of the photo
-  pairs/<name>.bin, .csv      aligned 112x112 verification sets from identities >= 10_000_000 (pairs.py)
-  synth.json                  parameters and counts, written last: its presence marks a complete output
+  pairs/<name>.bin, .csv      aligned 112x112 verification sets from identities >= 10_000_000
+                              (pairs.py)
+  synth.json                  parameters and counts, written last: its presence marks a complete
+                              output
   label_noise.csv             only with label_noise > 0: the relabelled training photos (noise.py)
-A run that finds a complete synth.json with the same parameters returns it without work; an output left
-incomplete (marker `.synth-partial`, no synth.json) or made with other parameters is regenerated.
+A run that finds a complete synth.json with the same parameters returns it without work; an output
+left incomplete (marker `.synth-partial`, no synth.json) or made with other parameters is
+regenerated.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
-import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from facelab.align.folder import HEADER
 from facelab.data.synthetic.identity import make_identity
 from facelab.data.synthetic.noise import NOISE_CSV, add_label_noise, check_label_noise
 from facelab.data.synthetic.nuisance import FRAME, nuisance_row, sample_nuisance
-from facelab.data.synthetic.photo import render
+from facelab.data.synthetic.pairs import PAIR_SETS, write_pairsets
+from facelab.data.synthetic.photo import encode_jpeg, render
+from facelab.data.synthetic.pool import parallel_map, pool_workers
 from facelab.errors import FacelabError
-from facelab.io import die_with_parent, fork_safe_cv2, write_atomic
+from facelab.io import write_atomic, write_table
 from facelab.jsonfile import strict_json
 
 log = logging.getLogger(__name__)
-VERSION = 2  # bump when the generator's output changes: a complete output of another version is regenerated
+# bump when the generator's output changes: a complete output of another version is regenerated
+VERSION = 2
 MANIFEST = "synth.json"
 PARTIAL = ".synth-partial"
 OWNED = ("images", "pairs", "landmarks.csv", "attributes.csv", MANIFEST, NOISE_CSV)
-FIRST_VERIFICATION_ID = 10_000_000  # training identities are 0..N-1 < this; verification ones start here
-LANDMARK_HEADER = ["image", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"]
+# training identities are 0..N-1 < this; verification ones start here
+FIRST_VERIFICATION_ID = 10_000_000
 
 
 def photo_rng(seed: int, index: int, n: int) -> np.random.Generator:
@@ -52,48 +54,10 @@ def photo_rng(seed: int, index: int, n: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), 1, int(n)])
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """RGB uint8 [H, W, 3] -> JPEG bytes (cv2 wants BGR)."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise FacelabError(f"cannot encode a synthetic photo of shape {image.shape} as JPEG")
-    return buf.tobytes()
-
-
-def init_worker() -> None:
-    """Pool initializer: one thread per worker process for every library that has a pool; the
-    worker ends with its parent, however the parent ends."""
-    die_with_parent()
-    _one_thread()
-
-
-def _one_thread() -> None:
-    cv2.setNumThreads(1)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    if "torch" in sys.modules:  # a forked worker of a process that uses torch: keep it to one thread too
-        sys.modules["torch"].set_num_threads(1)
-
-
-def parallel_map(fn: Callable, jobs: list, workers: int) -> Iterable:
-    """Ordered map over `jobs`, in this process (workers == 1) or in a pool of one-thread worker processes."""
-    if workers <= 1 or len(jobs) <= 1:
-        _one_thread()
-        return map(fn, jobs)
-    # fork where the platform has it (no __main__ guard needed in user scripts; workers never touch torch)
-    ctx = get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with fork_safe_cv2():  # the workers are forked by the submits in map
-        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init_worker)
-        return _drain(pool, pool.map(fn, jobs))
-
-
-def _drain(pool: ProcessPoolExecutor, results: Iterable) -> Iterable:
-    with pool:
-        yield from results
-
-
-def _render_identities(job: tuple[Path, int, list[int], int, tuple[int, int]]) -> list[tuple[list, dict]]:
-    """Render and write every photo of some identities; returns their (landmark row, attribute row)."""
+def _render_identities(job: tuple[Path, int, list[int], int, tuple[int, int]]
+                       ) -> list[tuple[list, dict]]:
+    """Render and write every photo of some identities; returns their (landmark row, attribute
+    row)."""
     out, seed, indices, per_identity, (wi, wn) = job
     rows = []
     for index in indices:
@@ -105,25 +69,14 @@ def _render_identities(job: tuple[Path, int, list[int], int, tuple[int, int]]) -
             img, lm, occ = render(ident, nuis)
             (folder / f"{n:0{wn}d}.jpg").write_bytes(encode_jpeg(img, nuis.jpeg))
             name = f"{index:0{wi}d}/{n:0{wn}d}.jpg"
-            attrs = {"image": name, "identity": index, **nuisance_row(nuis), "occlusion_frac": round(occ, 3)}
+            attrs = {"image": name, "identity": index, **nuisance_row(nuis),
+                     "occlusion_frac": round(occ, 3)}
             rows.append(([name, *(f"{v:.3f}" for v in lm.reshape(-1))], attrs))
     return rows
 
 
-def _csv_text(header: list[str], rows: Iterable[list]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def _write_csv(path: Path, header: list[str], rows: Iterable[list]) -> None:
-    text = _csv_text(header, rows)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def _check(identities: int, images_per_identity: int, seed: int, pairs: int, workers: int | None) -> None:
+def _check(identities: int, images_per_identity: int, seed: int, pairs: int,
+           workers: int | None) -> None:
     def whole(name: str, v: object, lo: int) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise FacelabError(f"synth: {name} must be an integer >= {lo}, got {v!r}")
@@ -135,14 +88,16 @@ def _check(identities: int, images_per_identity: int, seed: int, pairs: int, wor
     if workers is not None:
         whole("workers", workers, 1)
     if identities >= FIRST_VERIFICATION_ID:
-        raise FacelabError(f"synth: identities must be < {FIRST_VERIFICATION_ID} (verification identities start "
-                           f"there), got {identities}")
+        raise FacelabError(f"synth: identities must be < {FIRST_VERIFICATION_ID} (verification "
+                           f"identities start there), got {identities}")
     if pairs % 20:
-        raise FacelabError(f"synth: pairs must be a multiple of 20 (10 folds, half positive), got {pairs}")
+        raise FacelabError(f"synth: pairs must be a multiple of 20 (10 folds, half positive), "
+                           f"got {pairs}")
 
 
 def _prepare(out: Path, params: dict) -> dict | None:
-    """Return the manifest to reuse, or clear what an earlier run of ours left and mark the run partial."""
+    """Return the manifest to reuse, or clear what an earlier run of ours left and mark the run
+    partial."""
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
@@ -153,8 +108,8 @@ def _prepare(out: Path, params: dict) -> dict | None:
             return old
         log.info("%s: parameters changed, regenerating", out)
     elif out.is_dir() and any(out.iterdir()) and not (out / PARTIAL).exists():
-        raise FacelabError(f"{out}: exists, is not empty and holds no {MANIFEST}: not a synthetic dataset "
-                           "folder; choose a new or empty one")
+        raise FacelabError(f"{out}: exists, is not empty and holds no {MANIFEST}: not a synthetic "
+                           "dataset folder; choose a new or empty one")
     elif (out / PARTIAL).exists():
         log.info("%s: an earlier run did not finish, regenerating", out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,25 +123,16 @@ def _prepare(out: Path, params: dict) -> dict | None:
     return None
 
 
-def _workers(workers: int | None) -> int:
-    if workers is not None:
-        return workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, pairs: int = 3000,
               workers: int | None = None, label_noise: float = 0.0) -> dict:
-    """Generate (or reuse) the synthetic dataset described in the module docstring; returns the manifest."""
-    from facelab.data.synthetic.pairs import PAIR_SETS, write_pairsets  # here: pairs.py imports this module
-
+    """Generate (or reuse) the synthetic dataset described in the module docstring; returns the
+    manifest."""
     _check(identities, images_per_identity, seed, pairs, workers)
     label_noise = check_label_noise(label_noise, identities)
     out = Path(out)
-    params = {"version": VERSION, "identities": int(identities), "images_per_identity": int(images_per_identity),
-              "seed": int(seed), "pairs": int(pairs), "frame": FRAME}
+    params = {"version": VERSION, "identities": int(identities),
+              "images_per_identity": int(images_per_identity), "seed": int(seed),
+              "pairs": int(pairs), "frame": FRAME}
     if label_noise:  # absent at 0, so that a noise-free set keeps its earlier manifest
         params["label_noise"] = label_noise
     old = _prepare(out, params)
@@ -194,11 +140,11 @@ def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, p
         log.info("%s: complete synthetic dataset with these parameters found, reusing it", out)
         return {**old, "reused": True}
     start = time.perf_counter()
-    nw = _workers(workers)
+    nw = pool_workers(workers)
     widths = (max(5, len(str(identities - 1))), max(2, len(str(images_per_identity - 1))))
     per_job = max(1, min(25, math.ceil(identities / (4 * nw))))
-    jobs = [(out / "images", int(seed), list(range(i, min(i + per_job, identities))), int(images_per_identity),
-             widths) for i in range(0, identities, per_job)]
+    jobs = [(out / "images", int(seed), list(range(i, min(i + per_job, identities))),
+             int(images_per_identity), widths) for i in range(0, identities, per_job)]
     lms, attrs = [], []
     for k, rows in enumerate(parallel_map(_render_identities, jobs, nw)):
         for lm, at in rows:
@@ -209,17 +155,19 @@ def run_synth(out: Path, identities: int, images_per_identity: int, seed: int, p
     t_images = time.perf_counter() - start
     noisy = add_label_noise(out, lms, attrs, label_noise, seed, identities) if label_noise else 0
     pair_counts = write_pairsets(out / "pairs", int(seed), int(pairs), nw) if pairs else {}
-    _write_csv(out / "landmarks.csv", LANDMARK_HEADER, lms)
+    write_table(out / "landmarks.csv", HEADER, lms)
     columns = list(attrs[0])
-    _write_csv(out / "attributes.csv", columns, ([a[c] for c in columns] for a in attrs))
+    write_table(out / "attributes.csv", columns, ([a[c] for c in columns] for a in attrs))
     manifest = {"format": "facelab-synthetic-faces", "params": params,
                 "counts": {"identities": identities, "images": len(lms), "pairs": pair_counts,
                            **({"relabelled": noisy} if label_noise else {})},
                 "pair_sets": {name: {"left": left, "right": right, "first_identity": first}
                               for name, (left, right, first) in PAIR_SETS.items()} if pairs else {},
-                "seconds": {"images": round(t_images, 2), "total": round(time.perf_counter() - start, 2)},
+                "seconds": {"images": round(t_images, 2),
+                            "total": round(time.perf_counter() - start, 2)},
                 "workers": nw}
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(strict_json(manifest, indent=1)))
     (out / PARTIAL).unlink(missing_ok=True)
-    log.info("synth: %d photos of %d identities in %.1f s", len(lms), identities, time.perf_counter() - start)
+    log.info("synth: %d photos of %d identities in %.1f s", len(lms), identities,
+             time.perf_counter() - start)
     return {**manifest, "reused": False}

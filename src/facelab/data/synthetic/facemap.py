@@ -1,10 +1,10 @@
 """Albedo map of a synthetic face in face coordinates (the texture the 3-D head is painted with).
 
-The map is the frontal orthographic view of the head's albedo: map pixel (i, j) holds the colour of the
-surface point whose head coordinates are x = X0 + (j + 0.5) H, y = Y0 + (i + 0.5) H. Features drawn here
-(eyes, brows, lips, hair line, beard, glasses, marks, fine texture) therefore stay fixed on the face and
-move with it under any pose. The identity part is drawn once and cached; the expression, glasses and
-map-space occluders (mask, sunglasses) are drawn per photo on a copy.
+The map is the frontal orthographic view of the head's albedo: map pixel (i, j) holds the colour of
+the surface point whose head coordinates are x = X0 + (j + 0.5) H, y = Y0 + (i + 0.5) H. Features
+drawn here (eyes, brows, lips, hair line, beard, glasses, marks, fine texture) therefore stay fixed
+on the face and move with it under any pose. The identity part is drawn once and cached; the
+expression, glasses and map-space occluders (mask, sunglasses) are drawn per photo on a copy.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def _soft(draw, sigma: float) -> np.ndarray:
 
 
 def _texture(ident: Identity) -> np.ndarray:
-    """Low-amplitude identity texture: smooth blotches at two scales plus faint spots. [MAP_H, MAP_W]"""
+    """Low-amplitude identity texture: smooth blotches at two scales plus faint spots.
+    [MAP_H, MAP_W]"""
     rng = np.random.default_rng(ident.texture_seed)
     f = np.zeros((MAP_H, MAP_W), np.float32)
     for (gh, gw), amp in (((9, 7), 0.07), ((26, 19), 0.05)):
@@ -73,7 +74,8 @@ def _texture(ident: Identity) -> np.ndarray:
                               interpolation=cv2.INTER_CUBIC)
     spots = np.zeros((MAP_H, MAP_W), np.uint8)
     n = 25 + int(160 * ident.freckles)
-    for x, y, r in zip(rng.uniform(-0.9, 0.9, n), rng.uniform(-0.5, 1.2, n), rng.uniform(0.008, 0.022, n), strict=True):
+    for x, y, r in zip(rng.uniform(-0.9, 0.9, n), rng.uniform(-0.5, 1.2, n),
+                       rng.uniform(0.008, 0.022, n), strict=True):
         _ellipse(spots, x, y, r, r, int(rng.uniform(80, 255)))
     f -= (0.10 + 0.25 * ident.freckles) * spots.astype(np.float32) / 255.0
     return 1.0 + ident.texture_amp * f
@@ -103,7 +105,8 @@ def _hair_cap(img: np.ndarray, ident: Identity) -> None:
     mask = cap.any(-1).astype(np.float32) * (0.55 if style == "buzz" else 1.0)
     if ident.hair_part != 0:
         xp = 0.38 * ident.hair_part
-        _line(cap, np.array([xp, xp * 0.9]), np.array([Y0, ident.hairline + 0.05]), _c(ident.skin, 0.9), 0.02)
+        _line(cap, np.array([xp, xp * 0.9]), np.array([Y0, ident.hairline + 0.05]),
+              _c(ident.skin, 0.9), 0.02)
     rng = np.random.default_rng(ident.texture_seed + 1)
     for _ in range(40):  # strands
         x0 = rng.uniform(-1.0, 1.0)
@@ -121,7 +124,8 @@ def _beard_alpha(ident: Identity) -> np.ndarray:
         if b in ("stubble", "full"):
             x = np.linspace(-1.0, 1.0, 31)
             _poly(m, np.concatenate([x, x[::-1]]),
-                  np.concatenate([np.full_like(x, ny + 0.12) + 0.25 * np.abs(x), np.full_like(x, 1.7)]), 255)
+                  np.concatenate([np.full_like(x, ny + 0.12) + 0.25 * np.abs(x),
+                                  np.full_like(x, 1.7)]), 255)
         if b in ("moustache", "goatee", "full"):
             _ellipse(m, 0, my - ident.lip_up - 0.05, mw * 1.05, 0.055, 255)
         if b == "goatee":
@@ -142,14 +146,16 @@ def _beard_rows(alpha: np.ndarray) -> slice:
 
 @lru_cache(maxsize=32)
 def identity_map(ident: Identity) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 [MAP_H, MAP_W, 3] albedo without eyes/lips/glasses, beard alpha float32 [MAP_H, MAP_W])."""
+    """(RGB uint8 [MAP_H, MAP_W, 3] albedo without eyes/lips/glasses, beard alpha float32
+    [MAP_H, MAP_W])."""
     skin = np.asarray(ident.skin, np.float32)
     img = np.empty((MAP_H, MAP_W, 3), np.float32)
     img[:] = skin * 255
-    shade = 1.0 - 0.14 * _soft(lambda m: [_ellipse(m, s * ident.eye_x, ident.eye_y - 0.02, ident.eye_w * 1.3,
-                                                   ident.eye_w * 0.75, 255) for s in (-1, 1)], 0.06)
-    blush = ident.blush * 0.16 * _soft(lambda m: [_ellipse(m, s * 0.5, ident.nose_y, 0.18, 0.12, 255)
-                                                  for s in (-1, 1)], 0.08)
+    shade = 1.0 - 0.14 * _soft(
+        lambda m: [_ellipse(m, s * ident.eye_x, ident.eye_y - 0.02, ident.eye_w * 1.3,
+                            ident.eye_w * 0.75, 255) for s in (-1, 1)], 0.06)
+    blush = ident.blush * 0.16 * _soft(
+        lambda m: [_ellipse(m, s * 0.5, ident.nose_y, 0.18, 0.12, 255) for s in (-1, 1)], 0.08)
     img *= (_texture(ident) * shade)[..., None]
     img[..., 1:] *= (1 - blush)[..., None]
     img = np.clip(img, 0, 255).astype(np.uint8)
@@ -169,12 +175,13 @@ def identity_map(ident: Identity) -> tuple[np.ndarray, np.ndarray]:
     _hair_cap(img, ident)
     # nostrils, seen from the front just under the nose tip
     for s in (-1, 1):
-        _ellipse(img, s * ident.nose_r * 0.55, ident.nose_y + ident.nose_r * 0.55, ident.nose_r * 0.4,
-                 ident.nose_r * 0.18, _c(ident.skin, 0.35), 0.3 * s)
+        _ellipse(img, s * ident.nose_r * 0.55, ident.nose_y + ident.nose_r * 0.55,
+                 ident.nose_r * 0.4, ident.nose_r * 0.18, _c(ident.skin, 0.35), 0.3 * s)
     return img, _beard_alpha(ident)
 
 
-def _eye(img: np.ndarray, ident: Identity, side: int, smile: float, closed: float, gaze: tuple[float, float]):
+def _eye(img: np.ndarray, ident: Identity, side: int, smile: float, closed: float,
+         gaze: tuple[float, float]):
     w = ident.eye_w
     h = ident.eye_h * w * (1 - 0.3 * smile)
     t = np.linspace(-1, 1, 17)
@@ -198,7 +205,8 @@ def _eye(img: np.ndarray, ident: Identity, side: int, smile: float, closed: floa
     _ellipse(eye, ix + off[0], iy + off[1], r, r, _c(ident.iris))
     _ellipse(eye, ix + off[0], iy + off[1], r * 0.42, r * 0.42, _c((0.03, 0.03, 0.03)))
     mask = np.zeros(patch.shape[:2], np.uint8)
-    _poly(mask, np.concatenate([x, x[::-1]]) + off[0], np.concatenate([upper, lower[::-1]]) + off[1], 255)
+    _poly(mask, np.concatenate([x, x[::-1]]) + off[0],
+          np.concatenate([upper, lower[::-1]]) + off[1], 255)
     patch[:] = _blend(patch, eye, mask / 255.0)
     _line(img, x, upper, lash, 0.018)
     _line(img, x, upper - 0.35 * h - 0.02, _c(ident.skin, 0.78), 0.01)  # lid crease
@@ -215,13 +223,15 @@ def _mouth(img: np.ndarray, ident: Identity, smile: float, open_: float) -> None
     x = mw * t
     line = cy + (0.07 * smile + 0.01) * (1 - t**2)  # corners up when smiling
     gap = 0.14 * open_ * (1 - t**2) ** 0.8
-    up = line - ident.lip_up * (1 - t**2) ** 0.5 * (1 + 0.35 * np.exp(-((np.abs(t) - 0.3) / 0.2) ** 2))
+    bump = 1 + 0.35 * np.exp(-((np.abs(t) - 0.3) / 0.2) ** 2)  # fuller lip near the cupid's bow
+    up = line - ident.lip_up * (1 - t**2) ** 0.5 * bump
     lo = line + gap + ident.lip_lo * (1 - t**2) ** 0.6
     lip, dark = _c(ident.lip), _c(ident.lip, 0.55)
     _poly(img, np.concatenate([x, x[::-1]]), np.concatenate([up, lo[::-1]]), lip)
     if open_ > 0.05 or smile > 0.5:
         g = np.maximum(gap, 0.02 * smile * (1 - t**2))
-        _poly(img, np.concatenate([x, x[::-1]]) * 0.92, np.concatenate([line, (line + g)[::-1]]), _c((0.2, 0.06, 0.06)))
+        _poly(img, np.concatenate([x, x[::-1]]) * 0.92, np.concatenate([line, (line + g)[::-1]]),
+              _c((0.2, 0.06, 0.06)))
         teeth = np.minimum(g, 0.035)
         _poly(img, np.concatenate([x, x[::-1]]) * 0.7, np.concatenate([line, (line + teeth)[::-1]]),
               _c((0.92, 0.9, 0.84)))
@@ -238,7 +248,8 @@ def _lenses(img: np.ndarray, ident: Identity, col, dark: bool = True) -> None:
     for s in (-1, 1):
         x, y = s * ident.eye_x, ident.eye_y + 0.01
         if _rect_lens(ident, dark):
-            _poly(img, np.array([-r, r, r * 0.9, -r * 0.9]) + x, np.array([-0.7, -0.7, 0.7, 0.7]) * r + y, col)
+            _poly(img, np.array([-r, r, r * 0.9, -r * 0.9]) + x,
+                  np.array([-0.7, -0.7, 0.7, 0.7]) * r + y, col)
         else:
             _ellipse(img, x, y, r, r * 0.8, col)
 
@@ -251,13 +262,15 @@ def _glasses(img: np.ndarray, ident: Identity, col, dark: bool) -> None:
     for s in (-1, 1):
         x, y = s * ident.eye_x, ident.eye_y + 0.01
         if _rect_lens(ident, dark):
-            xs, ys = np.array([-r, r, r * 0.9, -r * 0.9]) + x, np.array([-0.7, -0.7, 0.7, 0.7]) * r + y
+            xs = np.array([-r, r, r * 0.9, -r * 0.9]) + x
+            ys = np.array([-0.7, -0.7, 0.7, 0.7]) * r + y
             cv2.polylines(img, [_pts(xs, ys)], True, col, max(1, int(th / H)), _AA, _SHIFT)
         else:
             _ellipse(img, x, y, r, r * 0.8, col, thick=th)
-        _line(img, s * np.array([ident.eye_x + r, 1.05]), np.array([y - 0.3 * r, y - 0.2 * r]), col, th)
-    _line(img, np.array([-ident.eye_x + r, 0.0, ident.eye_x - r]), np.array([ident.eye_y - 0.02, ident.eye_y - 0.05,
-                                                                             ident.eye_y - 0.02]), col, th)
+        _line(img, s * np.array([ident.eye_x + r, 1.05]), np.array([y - 0.3 * r, y - 0.2 * r]),
+              col, th)
+    _line(img, np.array([-ident.eye_x + r, 0.0, ident.eye_x - r]),
+          np.array([ident.eye_y - 0.02, ident.eye_y - 0.05, ident.eye_y - 0.02]), col, th)
 
 
 def _face_mask(img: np.ndarray, ident: Identity, col, pleats: bool = True) -> None:
@@ -271,7 +284,8 @@ def _face_mask(img: np.ndarray, ident: Identity, col, pleats: bool = True) -> No
 
 @lru_cache(maxsize=32)
 def occluder_map(ident: Identity, occlusion: str) -> np.ndarray:
-    """Where a map-space occluder (mask, sunglasses) covers the face: uint8 [MAP_H, MAP_W], 255 = covered."""
+    """Where a map-space occluder (mask, sunglasses) covers the face: uint8 [MAP_H, MAP_W],
+    255 = covered."""
     m = np.zeros((MAP_H, MAP_W, 3), np.uint8)
     if occlusion == "mask":
         _face_mask(m, ident, (1.0, 1.0, 1.0), pleats=False)
@@ -280,9 +294,10 @@ def occluder_map(ident: Identity, occlusion: str) -> np.ndarray:
     return m[..., 0]
 
 
-def photo_map(ident: Identity, smile: float, mouth_open: float, eyes_closed: float, gaze: tuple[float, float],
-              occlusion: str, rng: np.random.Generator) -> np.ndarray:
-    """The identity map with this photo's expression, glasses and map-space occluder. [MAP_H, MAP_W, 3] uint8"""
+def photo_map(ident: Identity, smile: float, mouth_open: float, eyes_closed: float,
+              gaze: tuple[float, float], occlusion: str, rng: np.random.Generator) -> np.ndarray:
+    """The identity map with this photo's expression, glasses and map-space occluder.
+    [MAP_H, MAP_W, 3] uint8"""
     base, beard = identity_map(ident)
     img = base.copy()
     for s in (-1, 1):

@@ -1,10 +1,12 @@
-"""2.5-D head geometry: a union of quadrics (ellipsoids, a neck cylinder), rotated and cast orthographically.
+"""2.5-D head geometry: a union of quadrics (ellipsoids, a neck cylinder), rotated and cast
+orthographically.
 
-Head coordinates: x to the image right, y down, z towards the camera; the cranium is the ellipsoid with
-half-axes (1, cran_h, cran_d) at the origin. A photo rotates the head by R = Rz(roll) Rx(pitch) Ry(yaw)
-(yaw > 0 turns the face towards the image right, pitch > 0 tilts it down, roll > 0 turns it clockwise on
-screen) and projects it orthographically: pixel = (cx, cy) + s (R p)[:2]. Casting a ray per pixel through
-every quadric and keeping the hit nearest the camera hides whatever faces away or lies behind.
+Head coordinates: x to the image right, y down, z towards the camera; the cranium is the ellipsoid
+with half-axes (1, cran_h, cran_d) at the origin. A photo rotates the head by R = Rz(roll) Rx(pitch)
+Ry(yaw) (yaw > 0 turns the face towards the image right, pitch > 0 tilts it down, roll > 0 turns it
+clockwise on screen) and projects it orthographically: pixel = (cx, cy) + s (R p)[:2]. Casting a ray
+per pixel through every quadric and keeping the hit nearest the camera hides whatever faces away or
+lies behind.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ VOLUME_HAIR = ("short", "medium", "long", "bob", "curly", "bun")
 
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """R = Rz(roll) Rx(pitch) Ry(yaw), head -> camera. [3, 3]"""
-    cy, sy, cp, sp, cr, sr = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll), \
-        math.sin(roll)
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
@@ -57,7 +60,8 @@ def surface_z(ident: Identity, x: np.ndarray | float, y: np.ndarray | float) -> 
     """z of the face surface (front of cranium and jaw union) at head coordinates (x, y)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     zc = ident.cran_d * np.sqrt(np.clip(1 - x**2 - (y / ident.cran_h) ** 2, 0, None))
-    zj = ident.jaw_d * np.sqrt(np.clip(1 - (x / ident.jaw_w) ** 2 - ((y - ident.jaw_y) / ident.jaw_h) ** 2, 0, None))
+    zj = ident.jaw_d * np.sqrt(np.clip(1 - (x / ident.jaw_w) ** 2
+                                       - ((y - ident.jaw_y) / ident.jaw_h) ** 2, 0, None))
     return np.maximum(zc, zj)
 
 
@@ -77,7 +81,8 @@ def _nose(ident: Identity) -> list[Part]:
     for s in (-1, 1):
         xa = s * ident.ala_w * 0.75
         za = float(surface_z(ident, xa, y1 + 0.03))
-        parts.append(_ellipsoid("map", (xa, y1 + 0.03, za + 0.02), (ident.ala_w * 0.42, 0.075, 0.1)))
+        parts.append(_ellipsoid("map", (xa, y1 + 0.03, za + 0.02),
+                                (ident.ala_w * 0.42, 0.075, 0.1)))
     return parts
 
 
@@ -94,7 +99,8 @@ def _hair(ident: Identity) -> list[Part]:
 
 
 def hair_allowed(ident: Identity, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Where the hair volume exists: above the hair line in front, down to the style's length behind."""
+    """Where the hair volume exists: above the hair line in front, down to the style's length
+    behind."""
     st = ident.hair_style
     y_len = {"short": ident.ear_y - 0.3, "medium": 0.45, "bob": 0.95, "long": 2.6, "curly": 0.7,
              "bun": ident.ear_y - 0.3}[st]
@@ -118,7 +124,8 @@ def head_parts(ident: Identity) -> tuple[Part, ...]:
             parts.append(_ellipsoid("ear", (ex, ident.ear_y, -0.12),
                                     (0.07, 0.21 * ident.ear_size, 0.13 * ident.ear_size), -0.25))
     r = 0.5 * ident.jaw_w + 0.16
-    parts.append(Part("neck", np.array([0.0, 0.0, -0.2]), np.diag([1 / r**2, 0.0, 1 / r**2]), ymin=0.5))
+    parts.append(Part("neck", np.array([0.0, 0.0, -0.2]), np.diag([1 / r**2, 0.0, 1 / r**2]),
+                      ymin=0.5))
     if ident.hair_style in VOLUME_HAIR:
         parts += _hair(ident)
     return tuple(parts)
@@ -127,20 +134,21 @@ def head_parts(ident: Identity) -> tuple[Part, ...]:
 def landmarks_3d(ident: Identity, smile: float) -> np.ndarray:
     """Left eye, right eye, nose tip, left and right mouth corner in head coordinates. [5, 3]"""
     mw, my = mouth_corners(ident, smile)
-    xy = np.array([[-ident.eye_x, ident.eye_y], [ident.eye_x, ident.eye_y], [0.0, ident.nose_y], [-mw, my],
-                   [mw, my]])
+    xy = np.array([[-ident.eye_x, ident.eye_y], [ident.eye_x, ident.eye_y], [0.0, ident.nose_y],
+                   [-mw, my], [mw, my]])
     z = surface_z(ident, xy[:, 0], xy[:, 1])
     z[2] += ident.nose_out
     return np.column_stack([xy, z])
 
 
-def bbox(part: Part, R: np.ndarray, s: float, cx: float, cy: float, size: int) -> tuple[int, int, int, int] | None:
+def bbox(part: Part, R: np.ndarray, s: float, cx: float, cy: float,
+         size: int) -> tuple[int, int, int, int] | None:
     """Pixel box (x0, y0, x1, y1) holding the part's projection, clipped to the frame, or None."""
     cc = R @ part.centre
     if np.isfinite(part.ymin):  # cylinder: project the corners of a box around it
         r = 1 / math.sqrt(part.Q[0, 0])
-        corners = np.array([[x, y, part.centre[2] + z] for x in (-r, r) for y in (part.ymin, part.ymin + 6)
-                            for z in (-r, r)])
+        corners = np.array([[x, y, part.centre[2] + z] for x in (-r, r)
+                            for y in (part.ymin, part.ymin + 6) for z in (-r, r)])
         pc = corners @ R.T
         lo, hi = pc[:, :2].min(0), pc[:, :2].max(0)
     else:
@@ -155,13 +163,15 @@ def bbox(part: Part, R: np.ndarray, s: float, cx: float, cy: float, size: int) -
 
 def cast(part: Part, R: np.ndarray, s: float, cx: float, cy: float, box: tuple[int, int, int, int],
          back: bool = False) -> list[np.ndarray]:
-    """Camera depth t of the quadric's front hit (and back hit if `back`) per pixel of the box, -inf where none.
+    """Camera depth t of the quadric's front hit (and back hit if `back`) per pixel of the box,
+    -inf where none.
 
     Returns [t_front] or [t_front, t_back], each [h, w].
 
-    A ray through camera (X, Y) is p(t) = X r0 + Y r1 + t r2 in head space (r_k = row k of R), so
-    (p - c)^T Q (p - c) = 1 reads A t^2 + 2 b t + C = 0 with b affine and C quadratic in (X, Y); the
-    discriminant b^2 - A C is then a quadratic polynomial in (X, Y), built from 1-D rows and columns.
+    A ray through camera (X, Y) is p(t) = X r0 + Y r1 + t r2 in head space (r_k = row k of R),
+    so (p - c)^T Q (p - c) = 1 reads A t^2 + 2 b t + C = 0 with b affine and C quadratic in
+    (X, Y); the discriminant b^2 - A C is then a quadratic polynomial in (X, Y), built from 1-D
+    rows and columns.
     """
     x0, y0, x1, y1 = box
     X = (np.arange(x0, x1, dtype=np.float64) - cx) / s  # [w]
@@ -179,14 +189,16 @@ def cast(part: Part, R: np.ndarray, s: float, cx: float, cy: float, box: tuple[i
     disc = (dx.astype(np.float32)[None, :] + dy.astype(np.float32)[:, None]) \
         + dxy.astype(np.float32)[None, :] * Y.astype(np.float32)[:, None]
     root = np.sqrt(np.maximum(disc, 0))
-    lin = ((-bx / A) * X + (-b0 / A)).astype(np.float32)[None, :] + ((-by / A) * Y).astype(np.float32)[:, None]
+    lin = (((-bx / A) * X + (-b0 / A)).astype(np.float32)[None, :]
+           + ((-by / A) * Y).astype(np.float32)[:, None])
     root *= 1 / A
     out = [lin + root, lin - root] if back else [lin + root]
     miss = root <= 0
     for t in out:
         m = miss
         if np.isfinite(part.ymin):  # the neck cylinder starts at y = ymin
-            y = (X * r0[1]).astype(np.float32)[None, :] + (Y * r1[1]).astype(np.float32)[:, None] + t * r2[1]
+            y = ((X * r0[1]).astype(np.float32)[None, :] + (Y * r1[1]).astype(np.float32)[:, None]
+                 + t * r2[1])
             m = miss | (y < part.ymin)
         t[m] = -np.inf
     return out

@@ -1,16 +1,19 @@
-"""`run_multi_synth`: several training sets drawn from ONE identity pool, with overlap and a domain shift
-each: the test bed of multi-dataset training (DAIL, arXiv 2101.05419).
+"""`run_multi_synth`: several training sets drawn from ONE identity pool, with overlap and a domain
+shift each: the test bed of multi-dataset training (DAIL, Wang et al., "Dataset-aware and invariant
+learning for face recognition", ICPR 2020, arXiv 2101.05419).
 
-Dataset 0 ("A") holds pool identities 0..N-1 as classes 0..N-1. Every later dataset k holds N classes:
-round(overlap·N) of them are identities of A (drawn at random) and the rest are new pool identities; the
-classes are shuffled, so a shared person has another class id in each dataset. Photos of one person in
-two datasets are different draws. Domains (DOMAINS, cycled over the datasets):
+Dataset 0 ("A") holds pool identities 0..N-1 as classes 0..N-1. Every later dataset k holds N
+classes: round(overlap·N) of them are identities of A (drawn at random) and the rest are new pool
+identities; the classes are shuffled, so a shared person has another class id in each dataset.
+Photos of one person in two datasets are different draws. Domains (DOMAINS, cycled over the
+datasets):
   hires_colour   the generator's "mixed" photos, never down-sampled
   dark_lowres    light and ambient x0.7, face down-sampled to 16-32 px, yaw x1.6 (more profile),
                  colour mostly washed out (70% towards grey)
 Layout of OUT:
-  <name>/images/<class>/<n>.jpg, <name>/landmarks.csv, <name>/attributes.csv   as run_synth (align with
-                                  `facelab align OUT/<name>/images OUT/<name>/aligned --landmarks ...`)
+  <name>/images/<class>/<n>.jpg, <name>/landmarks.csv, <name>/attributes.csv
+                                  as run_synth (align with `facelab align OUT/<name>/images
+                                  OUT/<name>/aligned --landmarks ...`)
   pairs/synth-lfw|cfp|lowres.bin  the usual verification sets, made once (identities >= 10_000_000)
   overlap.csv                     ground truth: a_dataset,a_class,b_dataset,b_class,pool_identity
   multi.json                      parameters and counts, written last (a complete output is reused)
@@ -27,20 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.data.synthetic.dataset import (
-    LANDMARK_HEADER,
-    VERSION,
-    _check,
-    _workers,
-    _write_csv,
-    encode_jpeg,
-    parallel_map,
-)
+from facelab.align.folder import HEADER
+from facelab.data.synthetic.dataset import VERSION, _check
 from facelab.data.synthetic.identity import make_identity
 from facelab.data.synthetic.nuisance import FRAME, Nuisance, nuisance_row, sample_nuisance
-from facelab.data.synthetic.photo import render
+from facelab.data.synthetic.pairs import write_pairsets
+from facelab.data.synthetic.photo import encode_jpeg, render
+from facelab.data.synthetic.pool import parallel_map, pool_workers
 from facelab.errors import FacelabError
-from facelab.io import write_atomic
+from facelab.io import write_atomic, write_table
 from facelab.jsonfile import strict_json
 
 log = logging.getLogger(__name__)
@@ -80,14 +78,16 @@ def plan_datasets(count: int, identities: int, overlap: float, seed: int) -> lis
 
 
 def _render_classes(job: tuple) -> list[tuple[list, dict]]:
-    """Render and write every photo of some classes of one dataset; returns (landmark row, attribute row)s."""
+    """Render and write every photo of some classes of one dataset; returns (landmark row,
+    attribute row)s."""
     out, seed, d, domain, classes, per_identity, (wi, wn) = job
     rows = []
     for cls, pool_id in classes:
         ident = make_identity(seed, pool_id)
         (out / f"{cls:0{wi}d}").mkdir(parents=True, exist_ok=True)
         for n in range(per_identity):
-            rng = np.random.default_rng([int(seed), int(pool_id), 1, n, 100 + d])  # own photos per dataset
+            # own photos per dataset
+            rng = np.random.default_rng([int(seed), int(pool_id), 1, n, 100 + d])
             nuis = shift_nuisance(sample_nuisance(rng, "mixed"), domain, rng)
             img, lm, occ = render(ident, nuis)
             name = f"{cls:0{wi}d}/{n:0{wn}d}.jpg"
@@ -98,7 +98,8 @@ def _render_classes(job: tuple) -> list[tuple[list, dict]]:
     return rows
 
 
-def _write_dataset(folder: Path, seed: int, d: int, plan: list[int], per_identity: int, workers: int) -> int:
+def _write_dataset(folder: Path, seed: int, d: int, plan: list[int], per_identity: int,
+                   workers: int) -> int:
     widths = (max(5, len(str(len(plan) - 1))), max(2, len(str(per_identity - 1))))
     domain = DOMAINS[d % len(DOMAINS)]
     per_job = max(1, min(25, math.ceil(len(plan) / (4 * workers))))
@@ -109,42 +110,46 @@ def _write_dataset(folder: Path, seed: int, d: int, plan: list[int], per_identit
     for rows in parallel_map(_render_classes, jobs, workers):
         lms += [lm for lm, _ in rows]
         attrs += [a for _, a in rows]
-    _write_csv(folder / "landmarks.csv", LANDMARK_HEADER, lms)
+    write_table(folder / "landmarks.csv", HEADER, lms)
     columns = list(attrs[0])
-    _write_csv(folder / "attributes.csv", columns, ([a[c] for c in columns] for a in attrs))
+    write_table(folder / "attributes.csv", columns, ([a[c] for c in columns] for a in attrs))
     return len(lms)
 
 
 def overlap_rows(plans: list[list[int]], names: list[str]) -> list[list]:
-    """Ground truth: one row per class of dataset k > 0 that is a class of A: (A, a_class, k, b_class, pool),
-    classes as their folder names."""
+    """Ground truth: one row per class of dataset k > 0 that is a class of A:
+    (A, a_class, k, b_class, pool), classes as their folder names."""
     width = max(5, len(str(len(plans[0]) - 1)))
     where_a = {pool: f"{c:0{width}d}" for c, pool in enumerate(plans[0])}
-    return [[names[0], where_a[pool], names[k], f"{c:0{width}d}", pool] for k in range(1, len(plans))
-            for c, pool in enumerate(plans[k]) if pool in where_a]
+    return [[names[0], where_a[pool], names[k], f"{c:0{width}d}", pool]
+            for k in range(1, len(plans)) for c, pool in enumerate(plans[k]) if pool in where_a]
 
 
-def run_multi_synth(out: Path, datasets: int, identities: int, images_per_identity: int, overlap: float,
-                    seed: int = 0, pairs: int = 3000, workers: int | None = None) -> dict:
-    """Generate (or reuse) the multi-dataset output described in the module docstring; returns the manifest."""
-    from facelab.data.synthetic.pairs import write_pairsets
-
+def run_multi_synth(out: Path, datasets: int, identities: int, images_per_identity: int,
+                    overlap: float, seed: int = 0, pairs: int = 3000,
+                    workers: int | None = None) -> dict:
+    """Generate (or reuse) the multi-dataset output described in the module docstring; returns the
+    manifest."""
     _check(identities, images_per_identity, seed, pairs, workers)
-    if isinstance(datasets, bool) or not isinstance(datasets, int) or not 2 <= datasets <= len(NAMES):
-        raise FacelabError(f"synth: datasets must be an integer in [2, {len(NAMES)}], got {datasets!r}")
+    if (isinstance(datasets, bool) or not isinstance(datasets, int)
+            or not 2 <= datasets <= len(NAMES)):
+        raise FacelabError(f"synth: datasets must be an integer in [2, {len(NAMES)}], got "
+                           f"{datasets!r}")
     if not 0.0 <= overlap <= 1.0:
         raise FacelabError(f"synth: overlap must be a fraction in [0, 1], got {overlap!r}")
     out = Path(out)
-    params = {"version": VERSION, "datasets": datasets, "identities": identities, "overlap": float(overlap),
-              "images_per_identity": images_per_identity, "seed": seed, "pairs": pairs, "frame": FRAME}
+    params = {"version": VERSION, "datasets": datasets, "identities": identities,
+              "overlap": float(overlap), "images_per_identity": images_per_identity, "seed": seed,
+              "pairs": pairs, "frame": FRAME}
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("params") == params:
         log.info("%s: complete multi-dataset output with these parameters found, reusing it", out)
         return json.loads(manifest_path.read_text())
     if out.is_dir() and any(out.iterdir()) and not manifest_path.is_file():
-        raise FacelabError(f"{out}: exists, is not empty and holds no {MANIFEST}; choose a new or empty folder")
+        raise FacelabError(f"{out}: exists, is not empty and holds no {MANIFEST}; choose a new or "
+                           "empty folder")
     manifest_path.unlink(missing_ok=True)
-    nw = _workers(workers)
+    nw = pool_workers(workers)
     names = list(NAMES[:datasets])
     plans = plan_datasets(datasets, identities, overlap, seed)
     counts = {}
@@ -154,7 +159,8 @@ def run_multi_synth(out: Path, datasets: int, identities: int, images_per_identi
         log.info("synth: dataset %s (%s): %d photos", name, DOMAINS[d % len(DOMAINS)], counts[name])
     pair_counts = write_pairsets(out / "pairs", seed, pairs, nw) if pairs else {}
     truth = overlap_rows(plans, names)
-    _write_csv(out / "overlap.csv", ["a_dataset", "a_class", "b_dataset", "b_class", "pool_identity"], truth)
+    columns = ["a_dataset", "a_class", "b_dataset", "b_class", "pool_identity"]
+    write_table(out / "overlap.csv", columns, truth)
     manifest = {"format": "facelab-synthetic-multi", "params": params, "names": names,
                 "domains": {n: DOMAINS[d % len(DOMAINS)] for d, n in enumerate(names)},
                 "counts": {"images": counts, "shared_identities": len(truth), "pairs": pair_counts}}

@@ -97,7 +97,8 @@ def sample_nuisance(rng: np.random.Generator, kind: str = "mixed") -> Nuisance:
         eyes_closed=float(not clean and rng.random() < 0.08),
         gaze_x=float(rng.uniform(-0.3, 0.3)), gaze_y=float(rng.uniform(-0.2, 0.2)),
         **_light(rng, clean),
-        face_px=face_px, cx=float(FRAME / 2 + rng.uniform(-mx, mx)), cy=float(FRAME / 2 + rng.uniform(-my, my)),
+        face_px=face_px, cx=float(FRAME / 2 + rng.uniform(-mx, mx)),
+        cy=float(FRAME / 2 + rng.uniform(-my, my)),
         resolution=res,
         blur=0.0 if clean or rng.random() < 0.7 else float(rng.uniform(0.6, 2.2)),
         noise=0.0 if clean else float(rng.uniform(0, 7)),
@@ -109,16 +110,18 @@ def sample_nuisance(rng: np.random.Generator, kind: str = "mixed") -> Nuisance:
 def nuisance_row(n: Nuisance) -> dict[str, object]:
     """The attributes.csv columns of a nuisance: angles in degrees, numbers rounded for reading.
 
-    yaw_deg/pitch_deg/roll_deg: head pose (yaw > 0 face towards the image right, pitch > 0 looking down,
-    roll > 0 clockwise); smile, mouth_open in [0, 1], eyes_closed 0/1, gaze_x/gaze_y (fractions of the eye);
-    light (diffuse intensity), ambient, light_az_deg/light_el_deg (direction towards the light, from the
-    camera axis; elevation > 0 from above), light_r/g/b (colour); face_px (head width in pixels), cx/cy
-    (head centre); resolution (head width after down-sampling, = face_px when not down-sampled); blur
-    (Gaussian sigma in pixels, on top of a 0.5 px optical blur); noise (sigma in grey levels); jpeg
-    (quality); occlusion (none, bar, hand, mask, sunglasses); detail_seed (background, occluder, noise).
+    yaw_deg/pitch_deg/roll_deg: head pose (yaw > 0 face towards the image right, pitch > 0 looking
+    down, roll > 0 clockwise); smile, mouth_open in [0, 1], eyes_closed 0/1, gaze_x/gaze_y
+    (fractions of the eye); light (diffuse intensity), ambient, light_az_deg/light_el_deg (direction
+    towards the light, from the camera axis; elevation > 0 from above), light_r/g/b (colour);
+    face_px (head width in pixels), cx/cy (head centre); resolution (head width after
+    down-sampling, = face_px when not down-sampled); blur (Gaussian sigma in pixels, on top of a
+    0.5 px optical blur); noise (sigma in grey levels); jpeg (quality); occlusion (none, bar, hand,
+    mask, sunglasses); detail_seed (background, occluder, noise).
     """
     d = asdict(n)
-    row: dict[str, object] = {f"{k}_deg": round(math.degrees(d.pop(k)), 2) for k in ("yaw", "pitch", "roll")}
+    row: dict[str, object] = {f"{k}_deg": round(math.degrees(d.pop(k)), 2)
+                              for k in ("yaw", "pitch", "roll")}
     for k in ("light_az", "light_el"):
         d[f"{k}_deg"] = math.degrees(d.pop(k))
     r, g, b = d.pop("light_rgb")

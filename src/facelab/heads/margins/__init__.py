@@ -35,14 +35,16 @@ def margin_parameters(name: str) -> list[str]:
 
 
 def build_margin(name: str, **kwargs: object) -> Margin:
-    """`MARGINS[name](**kwargs)`; an unknown name or parameter raises FacelabError listing the valid ones."""
+    """`MARGINS[name](**kwargs)`; an unknown name or parameter raises FacelabError listing the
+    valid ones."""
     if not isinstance(name, str) or name not in MARGINS:
         raise FacelabError(f"unknown margin {name!r}; valid choices: {', '.join(sorted(MARGINS))}")
     valid = margin_parameters(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise FacelabError(
-            f"unknown parameter {unknown[0]!r} for margin {name!r}; valid parameters: {', '.join(valid) or '(none)'}"
+            f"unknown parameter {unknown[0]!r} for margin {name!r}; "
+            f"valid parameters: {', '.join(valid) or '(none)'}"
         )
     return MARGINS[name](**kwargs)
 

@@ -14,20 +14,29 @@ NORM_CLIP = (0.001, 100.0)  # the official code clips |x| to this range before t
 
 class AdaFace(Margin):
     """Quality-adaptive margin (METHODS.md table, `adaface`):
-        target = s·(cos(clip(θ_y + g_angle, ε, π - ε)) - g_add),  g_angle = -m·z,  g_add = m + m·z,
+        target = s·(cos(clip(θ_y + g_angle, ε, π - ε)) - g_add),
+        g_angle = -m·z,  g_add = m + m·z,
         z = clip(h·(a - μ)/(σ + ε), -1, 1),  a = clip(|x|, 0.001, 100), detached.
-    μ and σ are buffers (μ₀ = 20, σ₀ = 100, saved in the state dict). Each training-mode forward first
-    updates them, μ ← α·mean(a) + (1-α)·μ, σ ← α·std(a) + (1-α)·σ (unbiased std; skipped for a batch of
-    one sample, whose std is undefined), then uses them; eval mode uses them unchanged.
+    μ and σ are buffers (μ₀ = 20, σ₀ = 100, saved in the state dict). Each training-mode
+    forward first updates them, μ ← α·mean(a) + (1-α)·μ, σ ← α·std(a) + (1-α)·σ
+    (unbiased std; skipped for a batch of one sample, whose std is undefined), then uses them; eval
+    mode uses them unchanged.
     The clip of |x| to [0.001, 100] follows the official code (METHODS.md omits it).
-    h = 0 gives z = 0: CosFace(m) for θ_y in [ε, π - ε] (outside, the clip moves the angle by at most ε).
-    The quality score of an embedding is a = |x| (`facelab.eval.quality.feature_norm_quality`).
+    h = 0 gives z = 0: CosFace(m) for θ_y in [ε, π - ε] (outside, the clip moves the angle by at
+    most ε).
+    The quality score of an embedding is a = |x|
+    (`facelab.eval.protocols.quality.feature_norm_quality`).
     """
 
     name = "adaface"
 
     def __init__(
-        self, s: float = 64.0, m: float = 0.4, h: float = 0.333, alpha: float = 0.01, eps: float = 1e-3
+        self,
+        s: float = 64.0,
+        m: float = 0.4,
+        h: float = 0.333,
+        alpha: float = 0.01,
+        eps: float = 1e-3,
     ) -> None:
         super().__init__()
         self.s = self.real("s", s, 0.0, open_low=True)
@@ -43,7 +52,8 @@ class AdaFace(Margin):
         """EMA of the batch mean and unbiased std of the clipped norms a [B]; out of place."""
         self.mu = (self.alpha * a.mean() + (1.0 - self.alpha) * self.mu).to(self.mu.dtype)
         if a.numel() > 1:
-            self.sigma = (self.alpha * a.std() + (1.0 - self.alpha) * self.sigma).to(self.sigma.dtype)
+            sigma = self.alpha * a.std() + (1.0 - self.alpha) * self.sigma
+            self.sigma = sigma.to(self.sigma.dtype)
 
     def forward(self, c: Cosines) -> Tensor:
         a = c.norms.detach().clamp(*NORM_CLIP)  # [B]

@@ -1,4 +1,5 @@
-"""AdaM-Softmax (Liu et al. 2019, "AdaptiveFace: adaptive margin and sampling for face recognition", L_ad + L_m)."""
+"""AdaM-Softmax (Liu et al. 2019, "AdaptiveFace: adaptive margin and sampling for face
+recognition", L_ad + L_m)."""
 
 import torch
 from torch import Tensor
@@ -12,15 +13,16 @@ class AdaMSoftmax(Margin):
     (METHODS.md table, `adam_softmax`), plus the loss `λ·(1 - mean_c m_c)` that keeps margins from
     shrinking to zero.
 
-    The margins are per-class state, so they live in the classifier (sharded and sampled with the class
-    centres, init U(0.3, 0.4), 1-D so without weight decay) and arrive as `Cosines.class_margins` [C_local];
-    `build_head` asks the classifier for them through `class_margin_init`. Both the target and the
-    regulariser use them clamped to [0, 1] (a margin outside gets no gradient from either term). The mean
-    runs over the classes of this step's softmax on every rank (`Cosines.sum_over_classes`): all classes,
-    unless Partial FC samples them. The paper's other two parts are options outside this margin: Hard
-    Prototype Mining (Sec. 3.2) is the classifier's `hard_prototypes=k` (facelab.heads.classifier, config
-    `head.hard_prototypes`), Adaptive Data Sampling (Sec. 3.3) is `AdaptiveBatchSampler`
-    (facelab.data.samplers, config `data.adaptive_sampling`); recipes `heads/adam_softmax_hpm`, `heads/adaptiveface`.
+    The margins are per-class state, so they live in the classifier (sharded and sampled with the
+    class centres, init U(0.3, 0.4), 1-D so without weight decay) and arrive as
+    `Cosines.class_margins` [C_local]; `build_head` asks the classifier for them through
+    `class_margin_init`. Both the target and the regulariser use them clamped to [0, 1] (a margin
+    outside gets no gradient from either term). The mean runs over the classes of this step's
+    softmax on every rank (`Cosines.sum_over_classes`): all classes, unless Partial FC samples them.
+    The paper's other two parts are options outside this margin: Hard Prototype Mining (Sec. 3.2) is
+    the classifier's `hard_prototypes=k` (facelab.heads.classifier, config `head.hard_prototypes`),
+    Adaptive Data Sampling (Sec. 3.3) is `AdaptiveBatchSampler` (facelab.data.samplers, config
+    `data.adaptive_sampling`); recipes `heads/adam_softmax_hpm`, `heads/adaptiveface`.
     """
 
     name = "adam_softmax"
@@ -36,11 +38,14 @@ class AdaMSoftmax(Margin):
         m = c.class_margins
         if m is None or m.shape != c.cos.shape[1:]:
             got = None if m is None else tuple(m.shape)
-            raise self.error("class_margins", got, f"needs per-class margins of shape [{c.cos.shape[1]}]")
+            raise self.error(
+                "class_margins", got, f"needs per-class margins of shape [{c.cos.shape[1]}]"
+            )
         return m.clamp(0.0, 1.0)
 
     def forward(self, c: Cosines) -> Tensor:
-        m_y = self.margins(c).gather(0, c.labels.clamp(min=0))  # [B]; rows with label -1 are not replaced
+        # [B]; rows with label -1 are not replaced
+        m_y = self.margins(c).gather(0, c.labels.clamp(min=0))
         return self.s * replace_target(c.cos, c.labels, c.target_cos - m_y)  # [B, C]
 
     def regularizer(self, c: Cosines) -> Tensor:

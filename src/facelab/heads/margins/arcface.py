@@ -1,4 +1,5 @@
-"""ArcFace (Deng et al. 2019, "ArcFace: additive angular margin loss for deep face recognition", Eq. 3)."""
+"""ArcFace (Deng et al. 2019, "ArcFace: additive angular margin loss for deep face recognition",
+Eq. 3)."""
 
 import math
 
@@ -9,21 +10,27 @@ from facelab.heads.margins.base import Margin, cos_add
 
 
 class ArcFace(Margin):
-    """Additive angular margin: target logit `s·cos(θ_y + m)` (METHODS.md table, `arcface`, m = m2).
+    """Additive angular margin: target logit `s·cos(θ_y + m)` (METHODS.md table, `arcface`,
+    m = m2).
 
-    Where `θ_y + m > π` (cos θ_y <= cos(π - m)) the logit falls back to `cos θ_y - m·sin m`, the
-    `th`/`mm` of the original implementation, which keeps it monotone in θ_y.
+    Where `θ_y + m > π` (cos θ_y <= cos(π - m)) the logit falls back to `cos θ_y - m·sin m`,
+    the `th`/`mm` of the original implementation, which keeps it monotone in θ_y.
     `easy_margin`: margin only where cos θ_y > 0, plain cos θ_y elsewhere (no fallback).
-    `straight_through`: the value carries the margin, the gradient is the one of `s·cos θ_y` (as the
-    current insightface PyTorch trainer, which edits the logits under no_grad). Default: exact gradient.
-    cos(θ + m) is computed as cos θ·cos m - sin θ·sin m (`cos_add`): at |cos θ| = 1 exactly the clamp
-    makes the value off by at most 1e-7 and the gradient s·cos m (finite).
+    `straight_through`: the value carries the margin, the gradient is the one of `s·cos θ_y` (as
+    the current insightface PyTorch trainer, which edits the logits under no_grad). Default: exact
+    gradient.
+    cos(θ + m) is computed as cos θ·cos m - sin θ·sin m (`cos_add`): at |cos θ| = 1 exactly
+    the clamp makes the value off by at most 1e-7 and the gradient s·cos m (finite).
     """
 
     name = "arcface"
 
     def __init__(
-        self, s: float = 64.0, m: float = 0.5, easy_margin: bool = False, straight_through: bool = False
+        self,
+        s: float = 64.0,
+        m: float = 0.5,
+        easy_margin: bool = False,
+        straight_through: bool = False,
     ) -> None:
         super().__init__()
         self.s = self.real("s", s, 0.0, open_low=True)

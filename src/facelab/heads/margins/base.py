@@ -16,17 +16,20 @@ from torch import Tensor, nn
 from facelab.errors import FacelabError
 from facelab.heads.cosines import Cosines
 
-EPS = 1e-7  # cos is clamped to [-1 + EPS, 1 - EPS] before acos / sqrt(1 - cos^2): finite gradients at |cos| = 1
+# cos is clamped to [-1 + EPS, 1 - EPS] before acos / sqrt(1 - cos^2): finite gradients at |cos| = 1
+EPS = 1e-7
 
 
 def safe_acos(cos: Tensor) -> Tensor:
-    """theta = acos(cos) with cos clamped to [-1 + EPS, 1 - EPS], so that d theta / d cos stays finite."""
+    """theta = acos(cos) with cos clamped to [-1 + EPS, 1 - EPS], so that d theta / d cos stays
+    finite."""
     return torch.acos(cos.clamp(-1.0 + EPS, 1.0 - EPS))
 
 
 def cos_add(cos: Tensor, m: float | Tensor) -> Tensor:
-    """cos(θ + m) = cos θ·cos m - sin θ·sin m, with sin θ = sqrt(1 - cos²) ≥ 0 (θ in [0, π]) and cos clamped
-    inside the sqrt only: better conditioned than cos(acos(cos) + m) and exactly cos θ when m = 0.
+    """cos(θ + m) = cos θ·cos m - sin θ·sin m, with sin θ = sqrt(1 - cos²) ≥ 0 (θ in
+    [0, π]) and cos clamped inside the sqrt only: better conditioned than cos(acos(cos) + m) and
+    exactly cos θ when m = 0.
     `m` is one margin or one per sample (a tensor shaped like `cos`)."""
     sin = torch.sqrt(1.0 - cos.clamp(-1.0 + EPS, 1.0 - EPS) ** 2)
     if isinstance(m, Tensor):
@@ -37,20 +40,23 @@ def cos_add(cos: Tensor, m: float | Tensor) -> Tensor:
 def arc_target(cos: Tensor, m: float | Tensor, easy_margin: bool = False) -> Tensor:
     """ArcFace's target cos(θ + m) [B] with its fallback, for one margin or one per sample [B].
 
-    Where θ + m > π (cos θ <= cos(π - m), m > 0) the value is `cos θ - m·sin m` (the original `th`/`mm`),
-    monotone in θ; `easy_margin`: the margin applies only where cos θ > 0, plain cos θ elsewhere.
+    Where θ + m > π (cos θ <= cos(π - m), m > 0) the value is `cos θ - m·sin m` (the original
+    `th`/`mm`), monotone in θ; `easy_margin`: the margin applies only where cos θ > 0, plain
+    cos θ elsewhere.
     """
     margined = cos_add(cos, m)  # [B]
     if easy_margin:
         return torch.where(cos > 0, margined, cos)
     if isinstance(m, Tensor):
-        th = torch.where(m > 0, torch.cos(math.pi - m), torch.full_like(m, -2.0))  # m <= 0: never past π
+        # m <= 0: never past π
+        th = torch.where(m > 0, torch.cos(math.pi - m), torch.full_like(m, -2.0))
         return torch.where(cos > th, margined, cos - m * torch.sin(m))
     return torch.where(cos > math.cos(math.pi - m), margined, cos - m * math.sin(m))
 
 
 def hard_negatives(c: Cosines, threshold: Tensor) -> Tensor:
-    """Mask [B, C]: non-target columns j with cos θ_j > threshold[i] [B] (MV-Softmax, CurricularFace).
+    """Mask [B, C]: non-target columns j with cos θ_j > threshold[i] [B] (MV-Softmax,
+    CurricularFace).
 
     The target column is never hard; rows whose target lives on another rank (label -1) still have
     their local non-targets compared, against the shared margined target cosine.
@@ -83,8 +89,10 @@ class Margin(nn.Module):
     name: str = ""
     normalized: bool = True
     s: float = 1.0
-    sub_centers: int = 1  # sub-centres per class the head builder gives the classifier unless told otherwise
-    class_margin_init: tuple[float, float] | None = None  # (low, high): the classifier keeps per-class margins
+    # sub-centres per class the head builder gives the classifier unless told otherwise
+    sub_centers: int = 1
+    # (low, high): the classifier keeps per-class margins
+    class_margin_init: tuple[float, float] | None = None
 
     def target(self, target_cos: Tensor) -> Tensor:
         """Margined target cosine [B] from cos(theta_y) [B], before the scale `s`."""
@@ -108,9 +116,16 @@ class Margin(nn.Module):
     def error(self, field: str, value: object, rule: str) -> FacelabError:
         return FacelabError(f"margin '{self.name}': {field}={value!r} is invalid: {rule}")
 
-    def real(self, field: str, value: object, low: float, high: float = math.inf, open_low: bool = False) -> float:
-        """Checks that `value` is a real number in [low, high] ((low, high] if open_low) and returns it."""
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    def real(
+        self, field: str, value: object, low: float, high: float = math.inf, open_low: bool = False
+    ) -> float:
+        """Checks that `value` is a real number in [low, high] ((low, high] if open_low) and returns
+        it."""
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
         ok = ok and (value > low if open_low else value >= low) and value <= high
         if not ok:
             bracket = "(" if open_low else "["

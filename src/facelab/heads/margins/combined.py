@@ -1,4 +1,5 @@
-"""Combined margin (Deng et al. 2019, ArcFace paper, Eq. 4): SphereFace, ArcFace and CosFace margins together."""
+"""Combined margin (Deng et al. 2019, ArcFace paper, Eq. 4): SphereFace, ArcFace and CosFace margins
+together."""
 
 import math
 
@@ -9,14 +10,16 @@ from facelab.heads.margins.base import Margin, cos_add, safe_acos
 
 
 class Combined(Margin):
-    """Target logit `s·(cos(m1·θ_y + m2) - m3)` with all three margins honoured (METHODS.md table, `combined`).
+    """Target logit `s·(cos(m1·θ_y + m2) - m3)` with all three margins honoured (METHODS.md
+    table, `combined`).
 
-    Fallback, our choice (the equation is not monotone once m1·θ + m2 passes π): past the threshold
-    angle θ_t = (π - m2)/m1 (only when θ_t < π) the target becomes `cos θ_y - mm - m3`, ArcFace's
-    th/mm generalised. With φ = π - θ_t (the angular margin at θ_t), `mm = max(φ·sin φ, 1 - cos φ)`:
-    φ·sin φ is ArcFace's `m·sin m` (φ = m2 when m1 = 1, so combined(1, m, 0) = arcface(m) everywhere),
-    and the lower bound 1 - cos φ guarantees the fallback starts at or below the value -1 - m3 reached
-    at θ_t, so the logit is monotone decreasing in θ_y on [0, π] for every m1 >= 1.
+    Fallback, our choice (the equation is not monotone once m1·θ + m2 passes π): past the
+    threshold angle θ_t = (π - m2)/m1 (only when θ_t < π) the target becomes
+    `cos θ_y - mm - m3`, ArcFace's th/mm generalised. With φ = π - θ_t (the angular margin at
+    θ_t), `mm = max(φ·sin φ, 1 - cos φ)`: φ·sin φ is ArcFace's `m·sin m` (φ = m2 when
+    m1 = 1, so combined(1, m, 0) = arcface(m) everywhere), and the lower bound 1 - cos φ guarantees
+    the fallback starts at or below the value -1 - m3 reached at θ_t, so the logit is monotone
+    decreasing in θ_y on [0, π] for every m1 >= 1.
     """
 
     name = "combined"
@@ -29,11 +32,13 @@ class Combined(Margin):
         self.m3 = self.real("m3", m3, 0.0)
         theta_t = (math.pi - self.m2) / self.m1
         phi = math.pi - theta_t
-        self.th = math.cos(theta_t) if theta_t < math.pi else -math.inf  # fallback where cos θ_y <= th
+        # fallback where cos θ_y <= th
+        self.th = math.cos(theta_t) if theta_t < math.pi else -math.inf
         self.mm = max(phi * math.sin(phi), 1.0 - math.cos(phi))
 
     def target(self, target_cos: Tensor) -> Tensor:
-        if self.m1 == 1.0:  # same form as ArcFace: exact equalities with arcface(m2) and, for m2 = 0, cosface(m3)
+        # same form as ArcFace: exact equalities with arcface(m2) and, for m2 = 0, cosface(m3)
+        if self.m1 == 1.0:
             margined = cos_add(target_cos, self.m2)  # [B]
         else:
             margined = torch.cos(self.m1 * safe_acos(target_cos) + self.m2)  # [B]

@@ -6,7 +6,8 @@ from facelab.heads.margins.base import Margin
 
 
 class CosFace(Margin):
-    """Additive cosine margin: target logit `s·(cos θ_y - m)` (METHODS.md table, `cosface`, m = m3)."""
+    """Additive cosine margin: target logit `s·(cos θ_y - m)` (METHODS.md table, `cosface`,
+    m = m3)."""
 
     name = "cosface"
 

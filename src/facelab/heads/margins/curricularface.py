@@ -1,5 +1,6 @@
-"""CurricularFace (Huang et al. 2020, "CurricularFace: adaptive curriculum learning loss for deep face
-recognition": target cos(θ_y + m), hard negatives modulated by N(t, cos θ_j) = cos θ_j·(t + cos θ_j))."""
+"""CurricularFace (Huang et al. 2020, "CurricularFace: adaptive curriculum learning loss for deep
+face recognition": target cos(θ_y + m), hard negatives modulated by
+N(t, cos θ_j) = cos θ_j·(t + cos θ_j))."""
 
 import torch
 from torch import Tensor
@@ -11,15 +12,15 @@ MOMENTUM = 0.01  # t ← 0.01·mean_i cos θ_{i,y_i} + 0.99·t
 
 
 class CurricularFace(Margin):
-    """Target `s·cos(θ_y + m)` with ArcFace's fallback; every non-target with cos θ_j > cos(θ_y + m)
-    (the margined target before the fallback, as the official code) becomes `s·cos θ_j·(t + cos θ_j)`
-    (METHODS.md table, `curricularface`).
+    """Target `s·cos(θ_y + m)` with ArcFace's fallback; every non-target with
+    cos θ_j > cos(θ_y + m) (the margined target before the fallback, as the official code) becomes
+    `s·cos θ_j·(t + cos θ_j)` (METHODS.md table, `curricularface`).
 
-    t is the buffer `t` (t₀ = 0, saved in the state dict). Each training-mode forward first updates it
-    without gradient, t ← 0.01·mean_i cos θ_{i,y_i} + 0.99·t over the whole batch, then uses the new value
-    (as the official code); eval mode uses it unchanged. The mean reads `Cosines.target_cos`, already
-    shared across ranks, so every rank holds the same t; rows whose target is on another rank still have
-    their local hard negatives modulated.
+    t is the buffer `t` (t₀ = 0, saved in the state dict). Each training-mode forward first
+    updates it without gradient, t ← 0.01·mean_i cos θ_{i,y_i} + 0.99·t over the whole batch,
+    then uses the new value (as the official code); eval mode uses it unchanged. The mean reads
+    `Cosines.target_cos`, already shared across ranks, so every rank holds the same t; rows whose
+    target is on another rank still have their local hard negatives modulated.
     """
 
     name = "curricularface"
@@ -33,7 +34,8 @@ class CurricularFace(Margin):
     def forward(self, c: Cosines) -> Tensor:
         if self.training:
             mean = c.target_cos.detach().mean().to(self.t.dtype)
-            self.t = MOMENTUM * mean + (1.0 - MOMENTUM) * self.t  # out of place: no autograd version clash
+            # out of place: no autograd version clash
+            self.t = MOMENTUM * mean + (1.0 - MOMENTUM) * self.t
         t = self.t.to(c.cos.dtype)
         hard = hard_negatives(c, cos_add(c.target_cos, self.m))  # [B, C]
         modulated = torch.where(hard, c.cos * (t + c.cos), c.cos)  # [B, C]

@@ -13,11 +13,13 @@ from facelab.heads.margins.base import Margin, arc_target, replace_target
 class MagFace(Margin):
     """Magnitude-aware angular margin: target `s·cos(θ_y + m(a))` (METHODS.md table, `magface`).
 
-    a = clamp(|x|, l_a, u_a), not detached; m(a) = k·(a - l_a) + l_m with k = (u_m - l_m)/(u_a - l_a);
-    extra loss λ_g·mean_i g(a_i), g(a) = 1/a + a/u_a². `easy_margin` (on, as the official code): the margin
-    applies only where cos θ_y > 0; off: ArcFace's fallback with the per-sample m(a). The theory needs
-    λ_g >= s·k·u_a²·l_a²/(u_a² - l_a²) (≈ 22.6 for the defaults); a smaller λ_g gives a warning.
-    The quality score of an embedding is a = |x| (`facelab.eval.quality.feature_norm_quality`).
+    a = clamp(|x|, l_a, u_a), not detached; m(a) = k·(a - l_a) + l_m with
+    k = (u_m - l_m)/(u_a - l_a); extra loss λ_g·mean_i g(a_i), g(a) = 1/a + a/u_a². `easy_margin`
+    (on, as the official code): the margin applies only where cos θ_y > 0; off: ArcFace's fallback
+    with the per-sample m(a). The theory needs λ_g >= s·k·u_a²·l_a²/(u_a² - l_a²) (≈ 22.6
+    for the defaults); a smaller λ_g gives a warning.
+    The quality score of an embedding is a = |x|
+    (`facelab.eval.protocols.quality.feature_norm_quality`).
     """
 
     name = "magface"
@@ -45,7 +47,8 @@ class MagFace(Margin):
         if self.lambda_g < bound:
             warnings.warn(
                 f"margin 'magface': lambda_g={self.lambda_g:g} is below the theory's bound "
-                f"s·k·u_a²·l_a²/(u_a²-l_a²) = {bound:.4g}; the feature norm may not reflect quality",
+                f"s·k·u_a²·l_a²/(u_a²-l_a²) = {bound:.4g}; "
+                "the feature norm may not reflect quality",
                 stacklevel=2,
             )
 

@@ -1,9 +1,9 @@
-"""MV-Softmax (Wang et al. 2020, "Mis-classified vector guided softmax loss for face recognition": the
-re-weighting h(t, θ_j, I_k) of the mis-classified non-target logits).
+"""MV-Softmax (Wang et al. 2020, "Mis-classified vector guided softmax loss for face recognition":
+the re-weighting h(t, θ_j, I_k) of the mis-classified non-target logits).
 
-Target as CosFace (`mv_am`) or ArcFace (`mv_arc`); every non-target j whose cosine exceeds the margined
-target cosine f(θ_y) (a mis-classified vector) is emphasised: "adaptive" `(t+1)·cos θ_j + t`,
-"fixed" `cos θ_j + t`, both then scaled by s.
+Target as CosFace (`mv_am`) or ArcFace (`mv_arc`); every non-target j whose cosine exceeds the
+margined target cosine f(θ_y) (a mis-classified vector) is emphasised: "adaptive"
+`(t+1)·cos θ_j + t`, "fixed" `cos θ_j + t`, both then scaled by s.
 """
 
 import math
@@ -39,17 +39,24 @@ class _MVSoftmax(Margin):
 
 
 class MVAM(_MVSoftmax):
-    """MV-AM-Softmax: target `s·(cos θ_y - m)`, f(θ_y) = cos θ_y - m (METHODS.md table, `mv_am`).
+    """MV-AM-Softmax: target `s·(cos θ_y - m)`, f(θ_y) = cos θ_y - m (METHODS.md table,
+    `mv_am`).
 
-    `easy_margin` (the original code's default, kept as an option; off here): the margin applies only where
-    cos θ_y > m, as the original code's `where(gt > margin, gt - margin, gt)`: target `s·cos θ_y` elsewhere.
-    The mis-classification mask compares with cos θ_y - m either way, as the original code does.
+    `easy_margin` (the original code's default, kept as an option; off here): the margin applies
+    only where cos θ_y > m, as the original code's `where(gt > margin, gt - margin, gt)`: target
+    `s·cos θ_y` elsewhere. The mis-classification mask compares with cos θ_y - m either way, as
+    the original code does.
     """
 
     name = "mv_am"
 
     def __init__(
-        self, s: float = 32.0, m: float = 0.35, t: float = 0.2, mode: str = "adaptive", easy_margin: bool = False
+        self,
+        s: float = 32.0,
+        m: float = 0.35,
+        t: float = 0.2,
+        mode: str = "adaptive",
+        easy_margin: bool = False,
     ) -> None:
         super().__init__()
         self.setup(s, m, t, mode, math.inf)
@@ -60,21 +67,29 @@ class MVAM(_MVSoftmax):
 
     def target(self, target_cos: Tensor) -> Tensor:
         margined = target_cos - self.m  # [B]
-        return torch.where(target_cos > self.m, margined, target_cos) if self.easy_margin else margined
+        if self.easy_margin:
+            return torch.where(target_cos > self.m, margined, target_cos)
+        return margined
 
 
 class MVArc(_MVSoftmax):
-    """MV-Arc-Softmax: target `s·cos(θ_y + m)` with ArcFace's fallback, or `easy_margin` (the original
-    code's default, kept as an option) (METHODS.md table, `mv_arc`).
+    """MV-Arc-Softmax: target `s·cos(θ_y + m)` with ArcFace's fallback, or `easy_margin` (the
+    original code's default, kept as an option) (METHODS.md table, `mv_arc`).
 
-    The mis-classification mask compares with cos(θ_y + m) before the fallback / easy-margin switch, as
-    the original code and CurricularFace do; the two differ only where θ_y + m > π (or cos θ_y <= 0).
+    The mis-classification mask compares with cos(θ_y + m) before the fallback / easy-margin
+    switch, as the original code and CurricularFace do; the two differ only where θ_y + m > π (or
+    cos θ_y <= 0).
     """
 
     name = "mv_arc"
 
     def __init__(
-        self, s: float = 32.0, m: float = 0.5, t: float = 0.2, mode: str = "adaptive", easy_margin: bool = False
+        self,
+        s: float = 32.0,
+        m: float = 0.5,
+        t: float = 0.2,
+        mode: str = "adaptive",
+        easy_margin: bool = False,
     ) -> None:
         super().__init__()
         self.setup(s, m, t, mode, math.pi / 2)

@@ -7,7 +7,8 @@ from facelab.heads.margins.base import Margin
 
 
 class NormFace(Margin):
-    """Normalised softmax without margin: every logit is `s·cos θ_j` (METHODS.md table, `normface`)."""
+    """Normalised softmax without margin: every logit is `s·cos θ_j` (METHODS.md table,
+    `normface`)."""
 
     name = "normface"
 

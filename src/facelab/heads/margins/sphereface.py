@@ -1,4 +1,5 @@
-"""SphereFace (Liu et al. 2017, "SphereFace: deep hypersphere embedding", Eq. 7) on normalised features."""
+"""SphereFace (Liu et al. 2017, "SphereFace: deep hypersphere embedding", Eq. 7) on normalised
+features."""
 
 import math
 
@@ -11,9 +12,9 @@ from facelab.heads.margins.base import Margin, safe_acos
 class SphereFace(Margin):
     """Multiplicative angular margin: target logit `s·ψ(θ_y)` (METHODS.md table, `sphereface`).
 
-    `ψ(θ) = (-1)^k cos(m1·θ) - 2k` for θ in [kπ/m1, (k+1)π/m1]: continuous and monotone decreasing on
-    [0, π] for any real m1 >= 1, applied to normalised features with a fixed scale (SphereFace-R
-    style). The 2017 paper's un-normalised, λ-annealed variant is not implemented.
+    `ψ(θ) = (-1)^k cos(m1·θ) - 2k` for θ in [kπ/m1, (k+1)π/m1]: continuous and monotone
+    decreasing on [0, π] for any real m1 >= 1, applied to normalised features with a fixed scale
+    (SphereFace-R style). The 2017 paper's un-normalised, λ-annealed variant is not implemented.
     """
 
     name = "sphereface"
