@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facelab.data.folder import ImageFolderDataset
 from facelab.errors import FacelabError
-from facelab.eval.embed import embed_images
+from facelab.eval.embed import embed_folder
 from facelab.io import check_output_folder
 from facelab.jsonfile import write_json_atomic
 from facelab.model import load_checkpoint, load_model
@@ -78,19 +77,6 @@ def load_subcenter_run(run: str | Path) -> tuple[torch.nn.Module, dict, np.ndarr
                            "`facelab train heads/subcenter_arcface`")
     model, preprocess = load_model(run)
     return model, preprocess, weight.float().numpy(), k, int(classes)
-
-
-def embed_folder(model: torch.nn.Module, preprocess: dict, root: Path, batch_size: int = 256):
-    """(embeddings float32 [N, d] of f(x) + f(flip x), labels [N], class names, image paths) of
-    root/<class>/*."""
-    ds = ImageFolderDataset(root)
-    chunks = []
-    for start in range(0, len(ds), batch_size):
-        stop = min(start + batch_size, len(ds))
-        images = np.stack([ds[i][0].permute(1, 2, 0).numpy() for i in range(start, stop)])
-        chunks.append(embed_images(model, images, batch_size=batch_size,
-                                   preprocess=preprocess))  # [b, d]
-    return np.concatenate(chunks), ds.labels, ds.classes, [p for p, _ in ds.samples]
 
 
 def read_truth(path: Path) -> set[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """insightface's eval/verification.py (calculate_roc + calculate_val), transcribed as plain loops.
 
 The yardstick that tests/eval/test_verification.py and bench/bench_verification.py hold the
-vectorised `facelab.eval.verification.verify_pairs` to.
+vectorised `facelab.eval.protocols.verification.verify_pairs` to.
 """
 
 import numpy as np
