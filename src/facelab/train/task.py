@@ -68,8 +68,9 @@ class FaceTask(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor, **extras: Tensor) -> TaskOutput:
         embeddings = self.train_backbone(to_input(images, self.preprocess))  # [B, d]
-        losses, correct = {"loss": embeddings.new_zeros(())}, None
-        if self.head is not None:
+        if self.head is None:  # objective: pairs, the objectives' terms are the whole loss
+            losses, correct = {"loss": embeddings.new_zeros(())}, None
+        else:
             x, y = embeddings, labels
             if self.head.sharded:  # [N·b, d], [N·b]: every rank's classes meet the global batch
                 x, y = gather_rows(x), gather_rows(y)
