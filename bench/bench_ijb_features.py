@@ -4,7 +4,7 @@ Data: an IJB-format folder written by tests.references.ijb_fixture.write_ijb_fix
 aligned 112×112 crops: a smooth random pattern per subject plus pixel noise, `--per-subject` images
 each, pasted into `--loose-size`² "loose crops" by a random similarity and saved as JPEG q95, with their
 5 landmarks in `*_name_5pts_score.txt`), read back with read_ijb_meta. Measured in one run, images/s each:
-  decode+align: facelab.eval.ijb.features._aligned_windows (read_image + align_face in `workers` spawned
+  decode+align: facelab.eval.protocols.ijb.features._aligned_windows (read_image + align_face in `workers` spawned
     processes, 0 = in this process; `--window` crops at a time, the next window loading meanwhile) over the
     job list extract_features builds, consumed with nothing else to do. The rate is over the windows after
     the first (steady state), up to the last window's arrival; the first window's time (spawning the pool
@@ -13,7 +13,7 @@ each, pasted into `--loose-size`² "loose crops" by a random similarity and save
     features use it) of `--model` freshly initialised (seed 0), eval mode, no_grad, fp32 as extract_features
     runs it, batch `--batch-size`, on the crops decode+align produced, already in memory; after two warm-up
     batches. It includes the host-to-device copy and the copy of the features back, as in the pipeline.
-  end to end: facelab.eval.ijb.extract_features(model, meta, workers=w, window=`--window`) per worker count,
+  end to end: facelab.eval.protocols.ijb.extract_features(model, meta, workers=w, window=`--window`) per worker count,
     the wall time of the whole call, so it pays the pool's start-up and shutdown once, like a real run: at a
     few hundred crops those seconds (spawned workers import torch) dominate, over a real IJB run they vanish.
 Prints decode+align / model per worker count, PASS where >= 1 (the decoders keep up with the model; with 0

@@ -7,6 +7,7 @@ import sys
 import typing
 from pathlib import Path
 
+from facelab import CONFIGS
 from facelab.errors import FacelabError
 from facelab.experiments import EXPERIMENTS, load_experiment
 
@@ -211,7 +212,7 @@ def _recipe(name: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    shipped = Path(__file__).parent / "configs" / f"{name}.yaml"
+    shipped = CONFIGS / f"{name}.yaml"
     if not shipped.exists():
         raise FacelabError(f"{name}: no such config file or shipped recipe")
     return shipped

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from facelab.configcheck import build, check_choice, choice, require
+from facelab.configcheck import build, choice, require
 from facelab.errors import FacelabError
 
 log = logging.getLogger(__name__)
@@ -422,5 +422,4 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["Config", "apply_overrides", "check_choice", "config_from_dict", "config_to_dict",
-           "load_config"]
+__all__ = ["Config", "apply_overrides", "config_from_dict", "config_to_dict", "load_config"]

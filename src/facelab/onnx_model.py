@@ -114,7 +114,7 @@ def _read_preprocess(props: dict[str, str], where: str | Path) -> dict:
 
 
 def load_onnx(path: str | Path) -> tuple[OnnxEmbedder, dict]:
-    """(OnnxEmbedder, preprocess record) of a `facelab export` file; what `train.task.load_model`
+    """(OnnxEmbedder, preprocess record) of a `facelab export` file; what `facelab.model.load_model`
     returns for a `.onnx` path."""
     path = Path(path)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from facelab.align import ARCFACE_112
 from facelab.cli import main
-from facelab.data.check import image_problem
+from facelab.images import image_problem
 from facelab.io import remove_stale_temps, temp_beside
 
 LANDMARKS = ARCFACE_112 * 1.2 + 10  # in a 160x160 photo

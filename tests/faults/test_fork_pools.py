@@ -7,7 +7,7 @@ import sys
 
 SCRIPT = """
 import cv2, numpy as np
-from facelab.data.synthetic.dataset import parallel_map
+from facelab.data.synthetic.pool import parallel_map
 img = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
 for _ in range(25):
     cv2.GaussianBlur(img, (15, 15), 3)  # OpenCV's own thread pool works, then waits

@@ -19,11 +19,11 @@ map would hold 32 x 25088 x d weights. The "two FC-BN-PReLU layers, 256 hidden, 
 METHODS.md are read as two hidden layers followed by the linear layer to the K group logits (a PReLU
 or BN directly before the softmax would bend the logits for no reason).
 
-Auxiliary losses reach the trainer through a small protocol: any module with an `aux_losses()`
-method returns {name: scalar} for its last training-mode forward (already weighted; here
-{"groupface": λ·CE}) and forgets them; `facelab.train.task.FaceTask` adds every such term to the
-loss dict and to the total. In eval mode the wrapper returns the [B, d] embedding only and records
-nothing, so evaluation and export see a plain embedding network.
+The group-classification term reaches the trainer through `aux_losses()`: {name: scalar} of the last
+training-mode forward (already weighted; here {"groupface": λ·CE}), forgotten once handed over; the
+`groupface` objective (facelab.losses.groupface) adds it to the loss dict and the total. In eval
+mode the wrapper returns the [B, d] embedding only and records nothing, so evaluation and export see
+a plain embedding network.
 """
 
 from __future__ import annotations

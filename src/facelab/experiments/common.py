@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facelab import CONFIGS
 from facelab.align.folder import MANIFEST, align_folder
 from facelab.config import load_config
 from facelab.data.synthetic import run_synth
@@ -30,7 +31,7 @@ from facelab.train.task import check_names
 
 log = logging.getLogger(__name__)
 # The demo recipe (`facelab demo`): tiny backbone, ArcFace, the base of the experiments' variants.
-RECIPE = Path(__file__).parent.parent / "configs" / "demo.yaml"
+RECIPE = CONFIGS / "demo.yaml"
 SETS = ("synth-lfw", "synth-cfp", "synth-lowres")
 
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from facelab import CONFIGS
 from facelab.errors import FacelabError
 from facelab.experiments.common import (
     check_grid,
@@ -28,7 +29,7 @@ from facelab.experiments.common import (
 from facelab.heads import MARGINS
 
 log = logging.getLogger(__name__)
-RECIPES = Path(__file__).resolve().parent.parent / "configs" / "heads"
+RECIPES = CONFIGS / "heads"
 QUICK = {"identities": 12, "images_per_identity": 4, "pairs": 40, "steps": 2, "batch_size": 8}
 
 

@@ -36,7 +36,8 @@ from pytorch_metric_learning.utils.distributed import (
 )
 from torch import nn
 
-from facelab.config import Config, PairsConfig, check_choice
+from facelab.config import Config, PairsConfig
+from facelab.configcheck import check_choice
 from facelab.errors import FacelabError
 from facelab.losses.base import Objective
 

@@ -42,7 +42,7 @@ def evaluate_pair_sets(
     """{set name: verify_pairs result + "histogram"} of every pair set {name: (images, same)}.
 
     embed(model, images, batch_size=, flip=, preprocess=, device=) gives the L2-normalised
-    embeddings: embed_images, or facelab.distributed.evaluate.embed_images_sharded in a
+    embeddings: embed_images, or facelab.train.validate.embed_images_sharded in a
     multi-process run (each rank embeds a share). operating_points: each result also holds
     "operating_points", the select_thresholds result of its distances.
     """
