@@ -41,15 +41,32 @@ def _cmd_align(a: argparse.Namespace) -> int:
     from facelab.align.folder import align_folder
     from facelab.io import check_writable
 
+    if a.all_faces and not a.detector:
+        raise FacelabError("--all-faces needs --detector (a landmarks file lists the faces of a "
+                           "photo in its own `face` column)")
     check_writable(a.out)  # before detection, which writes there first
+    found = None
     if a.detector:
         from facelab.align.detect import landmarks_for_folder
 
         a.landmarks = a.out / "landmarks.csv"
-        found = landmarks_for_folder(a.src, a.landmarks, workers=a.workers)
-        log.info("%s: faces found in %d of %d images", a.detector, found["faces"], found["images"])
-    summary = align_folder(a.src, a.out, a.landmarks, size=a.size, workers=a.workers)
-    log.info("aligned %d images into %s, skipped %d (see skipped.csv)", summary["aligned"], a.out,
+        found = landmarks_for_folder(a.src, a.landmarks, workers=a.workers,
+                                     all_faces=a.all_faces)
+        found["detector"] = a.detector
+        several = found["several"]
+        if not several:
+            note = "none shows several faces"
+        elif a.all_faces:
+            note = (f"{several} photo(s) show several faces (--all-faces: wrote all "
+                    f"{found['kept']} faces)")
+        else:
+            note = (f"{several} photo(s) show several faces (kept the main one; --all-faces "
+                    "writes them all)")
+        log.info("%s: faces found in %d of %d photos; %s", a.detector, found["faces"],
+                 found["images"], note)
+    summary = align_folder(a.src, a.out, a.landmarks, size=a.size, workers=a.workers,
+                           detection=found)
+    log.info("aligned %d faces into %s, skipped %d (see skipped.csv)", summary["aligned"], a.out,
              summary["skipped"])
     return 0
 
@@ -284,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CSV: image,x1,y1,...,x5,y5 (image paths relative to SRC)")
     where.add_argument("--detector", choices=["mtcnn"],
                        help="detect faces and 5 landmarks (make setup-detector)")
+    s.add_argument("--all-faces", action="store_true",
+                   help="with --detector: write every face, the main one as the photo's name, "
+                   "the others as NAME_face1.EXT, NAME_face2.EXT, ...")
     s.add_argument("--size", type=int, default=112)
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=_cmd_align)

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from facelab.align import ARCFACE_112
-from facelab.align.folder import align_folder
+from facelab.align.folder import (
+    FACE_HEADER,
+    align_folder,
+    face_output_name,
+    read_face_landmarks,
+    read_landmarks,
+)
 from facelab.errors import FacelabError
 
 
@@ -49,6 +55,12 @@ def test_folder_alignment_skips_and_reports_bad_faces(tmp_path):
         ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\na/0.png," + "z," * 9 + "1\n",
          r"lm.csv:2: non-numeric"),
         ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5\nzz.png," + "1," * 9 + "1\n", "'zz.png' not found"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5,face\na/0.png," + "1," * 9 + "1\n",
+         r"lm.csv:2: expected 12 fields"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5,face\na/0.png," + "1," * 10 + "-1\n",
+         r"lm.csv:2: face must be a whole number >= 0"),
+        ("image,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5,face\na/0.png," + "1," * 10 + "one\n",
+         r"face must be a whole number"),
     ],
 )
 def test_bad_landmark_files(tmp_path, text, msg):
@@ -112,3 +124,60 @@ def test_output_is_checked_writable_first(tmp_path, monkeypatch):
     argv = ["align", str(tmp_path / "src"), str(tmp_path / "afile" / "o"), "--landmarks",
             str(tmp_path / "lm.csv")]
     assert main(argv) == 2
+
+
+def test_face_output_names():
+    assert face_output_name("a/b.jpg", 0) == "a/b.jpg"  # the main face keeps the photo's name
+    assert face_output_name("a/b.jpg", 2) == "a/b_face2.jpg"
+    assert face_output_name("c.d.png", 1) == "c.d_face1.png"
+
+
+def test_face_column_aligns_every_face(tmp_path):
+    """A landmarks file with a `face` column: one crop per face, the main face (0, or an empty
+    field) under the photo's name, the others next to it as <stem>_face<k><suffix>."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    one, two = ARCFACE_112 * 0.5 + 5, ARCFACE_112 * 0.5 + 80  # two faces in one 160 × 160 photo
+    _photo(src / "a" / "0.png", np.vstack([one, two]))
+    _photo(src / "b" / "0.png", one)
+    rows = [",".join(FACE_HEADER)]
+    rows += [f"a/0.png,{','.join(f'{v:.3f}' for v in pts.ravel())},{k}"
+             for k, pts in ((1, two), (0, one))]
+    rows.append(f"b/0.png,{','.join(f'{v:.3f}' for v in one.ravel())},")
+    rows.append("b/0.png," + "," * 9 + ",3")  # face 3 not found: skipped under its own name
+    (tmp_path / "lm.csv").write_text("\n".join(rows) + "\n")
+    assert sorted(read_face_landmarks(tmp_path / "lm.csv")) == [("a/0.png", 0), ("a/0.png", 1),
+                                                               ("b/0.png", 0), ("b/0.png", 3)]
+    assert sorted(read_landmarks(tmp_path / "lm.csv")) == ["a/0.png", "a/0_face1.png", "b/0.png",
+                                                          "b/0_face3.png"]
+    summary = align_folder(src, out, tmp_path / "lm.csv", workers=1)
+    assert summary == {"aligned": 3, "skipped": 1, "size": 112}
+    crops = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert crops == ["a/0.png", "a/0_face1.png", "b/0.png"]
+    x, y = ARCFACE_112[0]
+    for crop in crops:  # each painted left eye landed on the template
+        assert cv2.imread(str(out / crop))[int(round(y)), int(round(x))].mean() > 150
+    skipped = (out / "skipped.csv").read_text().splitlines()
+    assert len(skipped) == 2 and skipped[1].startswith("b/0_face3.png,")
+    assert "(face 3)" in skipped[1]
+
+
+def test_two_faces_on_one_output_name_is_an_error(tmp_path):
+    _photo(tmp_path / "src" / "a.png", ARCFACE_112)
+    _photo(tmp_path / "src" / "a_face1.png", ARCFACE_112)
+    pts = ",".join(f"{v:.3f}" for v in ARCFACE_112.ravel())
+    rows = [",".join(FACE_HEADER), f"a.png,{pts},0", f"a.png,{pts},1", f"a_face1.png,{pts},0"]
+    (tmp_path / "lm.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(FacelabError, match=r"would both be written to 'a_face1.png'"):
+        align_folder(tmp_path / "src", tmp_path / "out", tmp_path / "lm.csv", workers=1)
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_all_faces_needs_the_detector(tmp_path, capsys):
+    _photo(tmp_path / "src" / "a" / "0.png", ARCFACE_112)
+    _landmarks_csv(tmp_path / "lm.csv", ["a/0.png"], ARCFACE_112)
+    from facelab.cli import main
+
+    argv = ["align", str(tmp_path / "src"), str(tmp_path / "out"), "--landmarks",
+            str(tmp_path / "lm.csv"), "--all-faces"]
+    assert main(argv) == 2
+    assert "--all-faces needs --detector" in capsys.readouterr().err

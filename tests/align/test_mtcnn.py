@@ -1,4 +1,5 @@
 import json
+import logging
 
 import cv2
 import numpy as np
@@ -6,8 +7,14 @@ import pytest
 import torch
 
 from facelab.align import ARCFACE_112, align_face, mtcnn, similarity_transform
-from facelab.align.detect import detect_faces, landmarks_for_folder, main_face
-from facelab.align.folder import align_folder, read_landmarks
+from facelab.align.detect import Face, detect_faces, landmarks_for_folder, main_face
+from facelab.align.folder import (
+    FACE_HEADER,
+    HEADER,
+    align_folder,
+    read_face_landmarks,
+    read_landmarks,
+)
 from facelab.cli import main
 from facelab.errors import FacelabError
 from facelab.io import read_image
@@ -47,8 +54,10 @@ def _check_geometry(box, points, iod_range):
 def test_astronaut_one_face_plausible_landmarks(astronaut):
     image, faces = astronaut
     assert len(faces) == 1
-    box, score, points = faces[0]
-    assert score > 0.99 and points.shape == (5, 2)
+    box, score, points = faces[0].box, faces[0].score, faces[0].landmarks
+    assert isinstance(faces[0], Face) and faces[0].crop is None and faces[0].embedding is None
+    assert box.shape == (4,) and isinstance(score, float) and score > 0.99
+    assert points.shape == (5, 2)
     # face by eye
     assert 178 - 10 < box[0] < box[2] < 268 + 10 and 58 - 10 < box[1] < box[3] < 175 + 10
     _check_geometry(box, points, iod_range=(35, 55))  # eyes ~43 px apart in this 512-px photo
@@ -59,27 +68,29 @@ def test_astronaut_one_face_plausible_landmarks(astronaut):
 
 
 def test_aligned_crop_redetects_on_the_template(astronaut):
-    image, [(_, _, points)] = astronaut
-    crop = align_face(image, points)  # [112, 112, 3]
+    image, [face] = astronaut
+    crop = align_face(image, face.landmarks)  # [112, 112, 3]
     faces = detect_faces(crop)
     assert len(faces) == 1
-    assert np.linalg.norm(faces[0][2] - ARCFACE_112, axis=1).max() < 8
+    assert np.linalg.norm(faces[0].landmarks - ARCFACE_112, axis=1).max() < 8
 
 
 def test_landmarks_follow_flip_and_scale(astronaut):
-    image, [(_, _, points)] = astronaut
+    image, [face] = astronaut
+    points = face.landmarks
     tol = 0.1 * np.linalg.norm(points[1] - points[0])
-    [(_, _, flipped)] = detect_faces(np.ascontiguousarray(image[:, ::-1]))
+    [mirrored] = detect_faces(np.ascontiguousarray(image[:, ::-1]))
+    flipped = mirrored.landmarks.copy()
     flipped[:, 0] = image.shape[1] - flipped[:, 0]
     assert np.abs(flipped[[1, 0, 2, 4, 3]] - points).max() < tol  # mirror swaps left and right
-    [(_, _, half)] = detect_faces(cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
-    assert np.abs(half * 2 - points).max() < tol
+    [half] = detect_faces(cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
+    assert np.abs(half.landmarks * 2 - points).max() < tol
 
 
 def test_grace_hopper_one_face(hopper):
     faces = detect_faces(hopper)
-    assert len(faces) == 1 and faces[0][1] > 0.99
-    _check_geometry(faces[0][0], faces[0][2], iod_range=(70, 110))
+    assert len(faces) == 1 and faces[0].score > 0.99
+    _check_geometry(faces[0].box, faces[0].landmarks, iod_range=(70, 110))
 
 
 def test_no_face_in_blank_or_noise(weights):
@@ -89,13 +100,16 @@ def test_no_face_in_blank_or_noise(weights):
 
 
 def test_folder_landmarks_feed_align_folder(astronaut, tmp_path):
-    image, [(_, _, points)] = astronaut
+    image, [face] = astronaut
+    points = face.landmarks
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     cv2.imwrite(str(src / "a" / "astro.png"), image[..., ::-1])
     cv2.imwrite(str(src / "blank.png"), np.zeros((100, 100, 3), np.uint8))
     summary = landmarks_for_folder(src, tmp_path / "lm.csv", workers=1)
-    assert summary == {"images": 2, "faces": 1, "no_face": 1}
+    assert summary == {"images": 2, "faces": 1, "no_face": 1, "several": 0, "kept": 1,
+                       "all_faces": False}
+    assert (tmp_path / "lm.csv").read_text().splitlines()[0] == ",".join(HEADER)  # the old format
     table = read_landmarks(tmp_path / "lm.csv")
     assert np.abs(table["a/astro.png"] - points).max() < 1e-3 and np.isnan(table["blank.png"]).all()
     result = align_folder(src, tmp_path / "out", tmp_path / "lm.csv", workers=1)
@@ -117,13 +131,102 @@ def test_cli_align_with_the_detector(astronaut, tmp_path):
     assert (manifest["aligned"], manifest["skipped"], manifest["size"]) == (1, 0, 112)
 
 
-def test_main_face_prefers_large_and_central():
-    def face(x1, y1, x2, y2):
-        return np.array([x1, y1, x2, y2], float), 0.9, np.zeros((5, 2))
+def _rotate_expand(image, degrees):
+    """`image` turned by `degrees` about its centre on a canvas grown to hold all of it."""
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    c, s = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(h * s + w * c), int(h * c + w * s)
+    m[0, 2] += nw / 2 - w / 2
+    m[1, 2] += nh / 2 - h / 2
+    return cv2.warpAffine(image, m, (nw, nh))
 
-    faces = [face(0, 0, 60, 60), face(170, 170, 230, 230), face(150, 150, 190, 190)]
-    assert main_face(faces, 400, 400) is faces[1]  # same size as the corner one, but central
-    assert main_face([], 400, 400) is None
+
+def test_turned_photo_main_face_is_the_real_face_not_a_small_central_false_one(astronaut):
+    """Astronaut turned by 60°, canvas expanded ([699, 699, 3]): MTCNN finds her face (~105 px,
+    0.98) off-centre and a ~26-px false detection (0.90) near the centre; the old merit
+    (area - 2 · d²) picked the false one."""
+    image = _rotate_expand(astronaut[0], 60)
+    faces = detect_faces(image)
+    sides = [float(np.sqrt(np.prod(f.box[2:] - f.box[:2]))) for f in faces]
+    assert len(faces) >= 2 and min(sides) < 40  # the small false detection is there
+    assert 90 < sides[0] < 115 and faces[0].score > 0.95  # and the real face comes first
+    assert main_face(faces, *image.shape[:2]) is faces[0]
+    assert (faces[0].landmarks >= faces[0].box[:2]).all()
+    assert (faces[0].landmarks <= faces[0].box[2:]).all()
+
+
+@pytest.fixture(scope="module")
+def collage(astronaut, hopper):
+    """Astronaut, cameraman (grey -> RGB) and Grace Hopper, each ~200 px high, side by side:
+    ([200, 571, 3] RGB, the x ranges of the 3 photos)."""
+    data = pytest.importorskip("skimage.data")
+    photos = [astronaut[0], np.stack([data.camera()] * 3, axis=-1), hopper]
+    photos = [cv2.resize(p, (round(p.shape[1] * 200 / p.shape[0]), 200),
+                         interpolation=cv2.INTER_AREA) for p in photos]
+    edges = np.cumsum([0] + [p.shape[1] for p in photos])
+    return np.ascontiguousarray(np.hstack(photos)), list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def test_collage_every_face_found_main_first(collage):
+    image, spans = collage
+    faces = detect_faces(image)
+    centres = [(f.box[0] + f.box[2]) / 2 for f in faces]
+    # one face in each photo
+    assert sorted(sum(a < x < b for x in centres) for a, b in spans) == [1, 1, 1]
+    assert len(faces) == 3 and all(f.score > 0.95 for f in faces)
+    sides = [f.box[2] - f.box[0] for f in faces]
+    assert sides[0] == max(sides) and spans[2][0] < centres[0]  # Grace Hopper, the largest face
+
+
+def _collage_folder(tmp_path, collage, astronaut):
+    src = tmp_path / "src"
+    (src / "group").mkdir(parents=True)
+    (src / "solo").mkdir()
+    cv2.imwrite(str(src / "group" / "collage.png"), collage[0][..., ::-1])
+    cv2.imwrite(str(src / "solo" / "astronaut.png"), astronaut[0][..., ::-1])
+    return src
+
+
+def test_cli_align_all_faces_writes_every_face_and_counts_the_photo(collage, astronaut, tmp_path,
+                                                                     caplog):
+    src, out = _collage_folder(tmp_path, collage, astronaut), tmp_path / "out"
+    argv = ["align", str(src), str(out), "--detector", "mtcnn", "--all-faces", "--workers", "1"]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    assert ("mtcnn: faces found in 2 of 2 photos; 1 photo(s) show several faces (--all-faces: "
+            "wrote all 4 faces)") in caplog.text
+    crops = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert crops == ["group/collage.png", "group/collage_face1.png", "group/collage_face2.png",
+                     "solo/astronaut.png"]
+    assert all(read_image(out / c).shape == (112, 112, 3) for c in crops)
+    assert (out / "landmarks.csv").read_text().splitlines()[0] == ",".join(FACE_HEADER)
+    table = read_face_landmarks(out / "landmarks.csv")
+    assert sorted(table) == [("group/collage.png", 0), ("group/collage.png", 1),
+                             ("group/collage.png", 2), ("solo/astronaut.png", 0)]
+    faces = detect_faces(collage[0])  # the CSV keeps the order of detect_faces: main face first
+    for k, face in enumerate(faces):
+        assert np.abs(table["group/collage.png", k] - face.landmarks).max() < 1e-3
+    manifest = json.loads((out / "align.json").read_text())
+    assert (manifest["aligned"], manifest["skipped"]) == (4, 0)
+    assert manifest["detection"] == {"images": 2, "faces": 2, "no_face": 0, "several": 1,
+                                     "kept": 4, "all_faces": True, "detector": "mtcnn"}
+
+
+def test_cli_align_main_face_only_still_counts_several(collage, astronaut, tmp_path, caplog):
+    src, out = _collage_folder(tmp_path, collage, astronaut), tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert main(["align", str(src), str(out), "--detector", "mtcnn", "--workers", "1"]) == 0
+    assert ("mtcnn: faces found in 2 of 2 photos; 1 photo(s) show several faces (kept the main "
+            "one; --all-faces writes them all)") in caplog.text
+    crops = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert crops == ["group/collage.png", "solo/astronaut.png"]
+    assert (out / "landmarks.csv").read_text().splitlines()[0] == ",".join(HEADER)
+    main_points = detect_faces(collage[0])[0].landmarks
+    written = read_landmarks(out / "landmarks.csv")["group/collage.png"]
+    assert np.abs(written - main_points).max() < 1e-3
+    detection = json.loads((out / "align.json").read_text())["detection"]
+    assert (detection["several"], detection["kept"], detection["all_faces"]) == (1, 2, False)
 
 
 def _overlap(a, b, mode):

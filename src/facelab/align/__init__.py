@@ -1,4 +1,9 @@
-"""5-point face alignment (METHODS.md, Alignment)."""
+"""5-point face alignment (METHODS.md, Alignment).
+
+The detector, facelab.align.detect (Face, detect_faces, rank_faces, main_face), is not re-exported
+here: it imports torch and the MTCNN nets (~1.5 s), which the landmarks-file path of `facelab align`
+and the data tools importing this package do not need; `import facelab.align` stays numpy + OpenCV.
+"""
 
 from facelab.align.template import ARCFACE_112, TEMPLATES, template_for
 from facelab.align.umeyama import similarity_transform

@@ -209,6 +209,8 @@ def resize(x: Tensor, h: int, w: int) -> Tensor:
 def to_tensor(images: np.ndarray) -> Tensor:
     """RGB uint8 [N, H, W, 3] -> [N, 3, H, W] float in about [-1, 1] ((x - 127.5) / 128, as
     trained)."""
+    if not images.flags.writeable:  # torch warns on (and may not share) read-only memory
+        images = images.copy()
     return (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127.5) / 128.0
 
 
