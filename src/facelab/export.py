@@ -9,8 +9,10 @@ template's crop at the recorded size (112 x 112 for arcface112).
 
 Metadata (ONNX metadata_props, strings): facelab_format "facelab-onnx", facelab_format_version,
 facelab_version, preprocess (JSON, the checkpoint's record completed with the defaults, so a reader
-needs no facelab), embedding_size, backbone, groupface_groups, source_checkpoint, source_step.
-facelab.onnx_model reads an export back and refuses a file without them.
+needs no facelab), embedding_size, backbone, groupface_groups, source_checkpoint, source_step,
+weights_sha256 (facelab.model.weights_digest of the weights) and, when the run stored them,
+thresholds (JSON, the deployed operating points per validation set, eval/protocols/thresholds.py).
+facelab.onnx_model reads an export back and refuses a file without the required ones.
 
 Every export is checked before it is written: onnxruntime and torch embed seeded random batches of
 2 and 3 (the second proves the dynamic batch axis); the largest difference of the L2-normalised
@@ -33,7 +35,12 @@ from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
 from facelab.io import check_output_folder, write_atomic
 from facelab.jsonfile import strict_json
-from facelab.model import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from facelab.model import (
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint,
+    weights_digest,
+)
 from facelab.onnx_model import FORMAT, FORMAT_VERSION, first_line, open_session, require
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,9 @@ def _metadata(ckpt: dict, path: Path, preprocess: dict) -> dict[str, str]:
         "groupface_groups": str(model_cfg.get("groupface", {}).get("groups", 0)),
         "source_checkpoint": str(path.resolve()),
         "source_step": str(ckpt.get("step", "")),
+        "weights_sha256": weights_digest(ckpt["model"]),
+        **({"thresholds": strict_json(ckpt["thresholds"], indent=None)}
+           if ckpt.get("thresholds") else {}),
     }
 
 
@@ -82,7 +92,7 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _to_onnx(model: nn.Module, size: tuple[int, int], opset: int | None, name: str) -> object:
+def to_onnx(model: nn.Module, size: tuple[int, int], opset: int | None, name: str) -> object:
     """The ONNX ModelProto of `model` on [B, 3, H, W] (B dynamic); FacelabError naming the model if
     it fails."""
     require("onnxscript")  # torch's exporter imports it itself, with a less helpful message
@@ -102,7 +112,7 @@ def _to_onnx(model: nn.Module, size: tuple[int, int], opset: int | None, name: s
         ) from None
 
 
-def _max_difference(model: nn.Module, session: object, size: tuple[int, int]) -> float:
+def max_difference(model: nn.Module, session: object, size: tuple[int, int]) -> float:
     """Largest |torch - onnxruntime| of L2-normalised embeddings on seeded random batches of
     2 and 3."""
     gen = torch.Generator().manual_seed(0)
@@ -148,7 +158,7 @@ def export_onnx(run_or_checkpoint: str | Path, out: str | Path, opset: int | Non
     name = f"backbone {meta['backbone']!r}" + (
         " with GroupFace" if meta["groupface_groups"] != "0" else ""
     )
-    proto = _to_onnx(model, size, opset, name)
+    proto = to_onnx(model, size, opset, name)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     # the exporter falls back to its own opset when it cannot convert
     if opset is not None and opset_used != opset:
@@ -158,7 +168,7 @@ def export_onnx(run_or_checkpoint: str | Path, out: str | Path, opset: int | Non
         )
     require("onnx").helper.set_model_props(proto, meta)
     data = proto.SerializeToString()
-    diff = _max_difference(model, open_session(data), size)
+    diff = max_difference(model, open_session(data), size)
     if not diff <= TOLERANCE:  # NaN refused too
         raise FacelabError(
             f"{name}: the ONNX export differs from the torch model by {diff:.2e} "

@@ -6,6 +6,7 @@ atomically (a temporary file, then a rename), so a crash mid-write leaves the pr
 Evaluation, export and the other consumers of a model load it from here, never from the trainer.
 """
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in ckpt:
             raise FacelabError(f"{path}: not a facelab checkpoint (missing {key!r})")
     return ckpt
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict: every entry's name, dtype, shape and bytes, in name order.
+
+    It names the weights, not the file: a checkpoint and its ONNX export (which records it) give
+    the same digest, so a gallery built with one accepts the other (facelab.recognize)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)  # [n]
+        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def build_model(cfg: Config) -> nn.Module:

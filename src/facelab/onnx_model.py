@@ -37,11 +37,14 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
-def open_session(source: str | bytes) -> object:
+def open_session(source: str | bytes, spin: bool = True) -> object:
     """A CPU onnxruntime session on a file path or serialised model, using as many threads as torch
-    does."""
+    does. spin False: its threads sleep as soon as a call ends instead of spinning for work (about
+    40 ms), which would take the cores from torch code running between calls (a detector)."""
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # OMP_NUM_THREADS / torch.set_num_threads rule both
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
@@ -113,12 +116,12 @@ def _read_preprocess(props: dict[str, str], where: str | Path) -> dict:
     return preprocess
 
 
-def load_onnx(path: str | Path) -> tuple[OnnxEmbedder, dict]:
+def load_onnx(path: str | Path, spin: bool = True) -> tuple[OnnxEmbedder, dict]:
     """(OnnxEmbedder, preprocess record) of a `facelab export` file; what `facelab.model.load_model`
-    returns for a `.onnx` path."""
+    returns for a `.onnx` path. spin: see open_session."""
     path = Path(path)
     try:
-        session = open_session(str(path))
+        session = open_session(str(path), spin)
     except FacelabError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files

@@ -25,7 +25,13 @@ from facelab.data.transforms import check_preprocess  # noqa: E402
 from facelab.errors import FacelabError  # noqa: E402
 from facelab.eval.embed import embed_images  # noqa: E402
 from facelab.eval.protocols.verification import pair_distances  # noqa: E402
-from facelab.model import build_model, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from facelab.model import (  # noqa: E402
+    build_model,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    weights_digest,
+)
 from facelab.onnx_model import OnnxEmbedder  # noqa: E402
 
 PRE = {"size": 112, "mean": [0.5, 0.45, 0.4], "std": 0.5}  # one non-default field: it must survive the trip
@@ -107,6 +113,9 @@ def test_metadata_round_trip(exported):
     assert props["source_checkpoint"] == str((run / "checkpoint.pt").resolve())
     ckpt_pre = load_checkpoint(run)["preprocess"]
     assert json.loads(props["preprocess"]) == check_preprocess(ckpt_pre)  # completed with the defaults
+    # the digest of the weights, not of a file: the checkpoint's own state dict gives it
+    assert props["weights_sha256"] == weights_digest(load_checkpoint(run)["model"])
+    assert "thresholds" not in props  # this run stored none
     model, preprocess = load_model(path)
     assert preprocess == check_preprocess(ckpt_pre) and preprocess["mean"] == [0.5, 0.45, 0.4]
     assert model.metadata["embedding_size"] == 16
@@ -232,7 +241,7 @@ def test_foreign_and_unreadable_files(exported, tmp_path, capsys):
 def cached_export(exported, monkeypatch):
     """Make export_onnx reuse the fixture's graph (same model and weights) instead of exporting again."""
     proto = onnx.load(str(exported[1]))
-    monkeypatch.setattr(E, "_to_onnx", lambda *a: proto)
+    monkeypatch.setattr(E, "to_onnx", lambda *a: proto)
     return exported[0]
 
 
@@ -270,7 +279,7 @@ def test_cli_export_to_an_unwritable_folder_fails_before_any_work(
         raise AssertionError("the checkpoint was read before the output folder was checked")
 
     monkeypatch.setattr(E, "load_checkpoint", must_not_run)
-    monkeypatch.setattr(E, "_to_onnx", must_not_run)
+    monkeypatch.setattr(E, "to_onnx", must_not_run)
     (tmp_path / "afile").write_text("a regular file")
     folder = tmp_path / "afile" / "sub"
     assert main(["export", str(cached_export), "--out", str(folder / "m.onnx")]) == 2
