@@ -156,6 +156,90 @@ def _cmd_overlap(a: argparse.Namespace) -> int:
     return 0
 
 
+def _recognizer(a: argparse.Namespace) -> object:
+    from facelab.recognize import Recognizer
+
+    return Recognizer.load(a.model, precision=a.precision,
+                           threshold=getattr(a, "threshold", None),
+                           threshold_set=getattr(a, "threshold_set", None))
+
+
+def _cmd_embed(a: argparse.Namespace) -> int:
+    from facelab.recognize.files import check_output, embed_files, photo_paths
+
+    paths = photo_paths(a.photos)  # the input and the output checked before the model loads
+    check_output(a.out)
+    s = embed_files(_recognizer(a), paths, a.out, batch_size=a.batch_size)
+    log.info("%d face(s) from %d photo(s) in %s (index %s); %d without a face, %d with several",
+             s["faces"], s["photos"], a.out, a.out.with_suffix(".csv"), s["no_face"], s["several"])
+    if s["unreadable"]:  # written and listed, but the run did not see every photo
+        first, why = s["unreadable"][0]
+        raise FacelabError(f"{len(s['unreadable'])} photo(s) could not be read (listed in "
+                           f"{a.out.with_suffix('.csv')}), e.g. {why}")
+    return 0
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    import json
+
+    for photo in (a.a, a.b):
+        if not photo.is_file():
+            raise FacelabError(f"{photo}: no such photo")
+    match = _recognizer(a).compare(a.a, a.b)
+    if a.json:
+        print(json.dumps({"same": match.same, "score": match.score, "distance": match.distance,
+                          "threshold": match.threshold, "threshold_set": match.threshold_set}))
+    else:
+        print(match)
+    return 0 if match.same else 1
+
+
+def _cmd_gallery(a: argparse.Namespace) -> int:
+    import json
+
+    from facelab.recognize.gallery import Gallery
+    from facelab.recognize.identify import enrol, identify
+
+    if a.action in ("add", "identify") and a.model is None:
+        raise FacelabError(f"gallery {a.action}: give --model (the model whose embeddings the "
+                           "gallery holds)")
+    if a.action in ("list", "remove"):
+        with Gallery.open(a.gallery, None, create=False) as gallery:
+            if a.action == "remove":
+                removed = gallery.remove(a.name)
+                log.info("removed %s (%d embedding(s)) from %s", a.name, removed, a.gallery)
+            else:
+                for row in gallery.identities():
+                    print(f"{row['name']}\t{row['photos']} photo(s)\tadded {row['added']}")
+        return 0
+    rec = _recognizer(a)
+    with Gallery.open(a.gallery, rec.fingerprint, create=a.action == "add") as gallery:
+        if a.action == "add":
+            s = enrol(rec, gallery, a.name, a.photos)
+            log.info("added %d photo(s) of %s to %s", s["photos"], a.name, a.gallery)
+            for where in s["several"]:
+                log.warning("%s shows several faces: the main one was added", where)
+            return 0
+        records = identify(rec, gallery, a.photos, top_k=a.top_k)
+    if a.json:
+        print(json.dumps(records, indent=1))
+    else:
+        for r in records:
+            print(_identified_line(r))
+    return 2 if any("error" in r for r in records) else 0
+
+
+def _identified_line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['photo']}: error: {r['error']}"
+    if r["face"] is None:
+        return f"{r['photo']}: no face found"
+    score = "empty gallery" if r["score"] is None else f"cosine {r['score']:.4f}"
+    others = ", ".join(f"{n} {c:.3f}" for n, c in r["candidates"][1:])
+    return (f"{r['photo']} face {r['face']}: {r['identity']} ({score})"
+            + (f"; next: {others}" if others else ""))
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
     from facelab.export import export_onnx
 
@@ -403,6 +487,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subtract each dataset's mean embedding first (domain shift)")
     s.set_defaults(func=_cmd_overlap)
 
+    s = sub.add_parser("embed", help="every face of photos -> embeddings (.npz + a CSV index)")
+    s.add_argument("model", help=_MODEL_HELP)
+    s.add_argument("photos", nargs="+", type=Path, help="photo files or folders")
+    s.add_argument("--out", type=Path, required=True, help="the .npz file to write")
+    s.add_argument("--batch-size", type=int, default=32, help="faces per model call")
+    _add_precision(s)
+    s.set_defaults(func=_cmd_embed)
+
+    s = sub.add_parser("verify", help="are the main faces of two photos the same person? "
+                       "Exit 0 same, 1 different, 2 error")
+    s.add_argument("model", help=_MODEL_HELP)
+    s.add_argument("a", type=Path, help="a photo")
+    s.add_argument("b", type=Path, help="another photo")
+    _add_threshold(s)
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _add_precision(s)
+    s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("gallery", help="a persistent face gallery: add, remove, list, identify")
+    s.add_argument("--gallery", type=Path, required=True, help="the gallery folder")
+    s.add_argument("--model", default=None, help=f"for add and identify: {_MODEL_HELP}")
+    _add_precision(s)
+    actions = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    g = actions.add_parser("add", help="enrol the main face of each photo under NAME")
+    g.add_argument("name")
+    g.add_argument("photos", nargs="+", type=Path)
+    g = actions.add_parser("remove", help="remove an identity and its photos")
+    g.add_argument("name")
+    actions.add_parser("list", help="the identities, their photo counts and dates")
+    g = actions.add_parser("identify", help="who is each face of these photos? (open set: "
+                           "below the model's threshold, unknown)")
+    g.add_argument("photos", nargs="+", type=Path)
+    g.add_argument("--top-k", type=int, default=5, help="candidates shown per face")
+    _add_threshold(g)
+    g.add_argument("--json", action="store_true", help="a JSON list on stdout")
+    s.set_defaults(func=_cmd_gallery)
+
     s = sub.add_parser("export",
                        help="export a run's embedding network to ONNX, checked against torch")
     s.add_argument("run", help="a run folder or checkpoint")
@@ -420,6 +541,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
     _add_experiments(sub)
     return p
+
+
+def _add_precision(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="CPU arithmetic: auto picks the fastest this CPU computes accurately")
+
+
+def _add_threshold(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--threshold", type=float, default=None,
+                   help="squared L2 distance below which two faces are one person (default: the "
+                   "model's stored best-accuracy threshold)")
+    s.add_argument("--threshold-set", default=None,
+                   help="which stored validation set's threshold (default: the first)")
 
 
 def _add_allow_mismatch(s: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tests.references import photos
 
 from facelab.align import ARCFACE_112, align_face, mtcnn, similarity_transform
 from facelab.align.detect import Face, detect_faces, landmarks_for_folder, main_face
@@ -30,17 +31,14 @@ def weights():
 
 @pytest.fixture(scope="module")
 def astronaut(weights):
-    data = pytest.importorskip("skimage.data")
-    image = data.astronaut()  # [512, 512, 3] RGB, one frontal face, public domain
+    pytest.importorskip("skimage.data")
+    image = photos.astronaut()  # [512, 512, 3] RGB, one frontal face, public domain
     return image, detect_faces(image)
 
 
 @pytest.fixture(scope="module")
 def hopper(weights):
-    import matplotlib.cbook
-
-    # [600, 512, 3]
-    return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    return photos.hopper()  # [600, 512, 3]
 
 
 def _check_geometry(box, points, iod_range):
@@ -131,22 +129,11 @@ def test_cli_align_with_the_detector(astronaut, tmp_path):
     assert (manifest["aligned"], manifest["skipped"], manifest["size"]) == (1, 0, 112)
 
 
-def _rotate_expand(image, degrees):
-    """`image` turned by `degrees` about its centre on a canvas grown to hold all of it."""
-    h, w = image.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
-    c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(h * s + w * c), int(h * c + w * s)
-    m[0, 2] += nw / 2 - w / 2
-    m[1, 2] += nh / 2 - h / 2
-    return cv2.warpAffine(image, m, (nw, nh))
-
-
 def test_turned_photo_main_face_is_the_real_face_not_a_small_central_false_one(astronaut):
     """Astronaut turned by 60°, canvas expanded ([699, 699, 3]): MTCNN finds her face (~105 px,
-    0.98) off-centre and a ~26-px false detection (0.90) near the centre; the old merit
-    (area - 2 · d²) picked the false one."""
-    image = _rotate_expand(astronaut[0], 60)
+    0.98) off-centre and a ~26-px false detection (0.90) near the centre; a merit of
+    area - 2 · d² picks the false one."""
+    image = photos.rotate_expand(astronaut[0], 60)
     faces = detect_faces(image)
     sides = [float(np.sqrt(np.prod(f.box[2:] - f.box[:2]))) for f in faces]
     assert len(faces) >= 2 and min(sides) < 40  # the small false detection is there
@@ -161,11 +148,11 @@ def collage(astronaut, hopper):
     """Astronaut, cameraman (grey -> RGB) and Grace Hopper, each ~200 px high, side by side:
     ([200, 571, 3] RGB, the x ranges of the 3 photos)."""
     data = pytest.importorskip("skimage.data")
-    photos = [astronaut[0], np.stack([data.camera()] * 3, axis=-1), hopper]
-    photos = [cv2.resize(p, (round(p.shape[1] * 200 / p.shape[0]), 200),
-                         interpolation=cv2.INTER_AREA) for p in photos]
-    edges = np.cumsum([0] + [p.shape[1] for p in photos])
-    return np.ascontiguousarray(np.hstack(photos)), list(zip(edges[:-1], edges[1:], strict=True))
+    tiles = [astronaut[0], np.stack([data.camera()] * 3, axis=-1), hopper]
+    tiles = [cv2.resize(p, (round(p.shape[1] * 200 / p.shape[0]), 200),
+                        interpolation=cv2.INTER_AREA) for p in tiles]
+    edges = np.cumsum([0] + [p.shape[1] for p in tiles])
+    return np.ascontiguousarray(np.hstack(tiles)), list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def test_collage_every_face_found_main_first(collage):
