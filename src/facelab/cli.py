@@ -180,23 +180,23 @@ def _cmd_embed(a: argparse.Namespace) -> int:
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
-    import json
+    from facelab.jsonfile import strict_json
 
     for photo in (a.a, a.b):
         if not photo.is_file():
             raise FacelabError(f"{photo}: no such photo")
     match = _recognizer(a).compare(a.a, a.b)
     if a.json:
-        print(json.dumps({"same": match.same, "score": match.score, "distance": match.distance,
-                          "threshold": match.threshold, "threshold_set": match.threshold_set}))
+        print(strict_json({"same": match.same, "score": match.score, "distance": match.distance,
+                           "threshold": match.threshold, "threshold_set": match.threshold_set},
+                          indent=None))
     else:
         print(match)
     return 0 if match.same else 1
 
 
 def _cmd_gallery(a: argparse.Namespace) -> int:
-    import json
-
+    from facelab.jsonfile import strict_json
     from facelab.recognize.gallery import Gallery
     from facelab.recognize.identify import enrol, identify
 
@@ -222,7 +222,7 @@ def _cmd_gallery(a: argparse.Namespace) -> int:
             return 0
         records = identify(rec, gallery, a.photos, top_k=a.top_k)
     if a.json:
-        print(json.dumps(records, indent=1))
+        print(strict_json(records, indent=1))
     else:
         for r in records:
             print(_identified_line(r))

@@ -69,9 +69,11 @@ class _Nulls:
         return None
 
 
-def strict_json(obj: Any, reasons: Mapping[str, str] | None = None, indent: int | None = 2) -> str:
+def strict_json(obj: Any, reasons: Mapping[str, str] | None = None, indent: int | None = 2,
+                sort_keys: bool = False) -> str:
     """obj as strict JSON text: numpy values as plain numbers, paths as strings, every NaN/Infinity
     as null, explained under the top-level "nulls" key (module docstring; reasons: {path: why}).
+    sort_keys: object keys sorted, a canonical text for comparing records.
 
     A "nulls" object the caller put in obj is kept and extended. ValueError when obj is not a
     mapping and holds a non-finite number (nowhere to explain it), or its "nulls" is not an object.
@@ -88,7 +90,8 @@ def strict_json(obj: Any, reasons: Mapping[str, str] | None = None, indent: int 
             raise ValueError(f"JSON record: {NULLS!r} must be an object {{path: reason}}, "
                              f"got {given!r}")
         plain[NULLS] = {**given, **nulls.found}
-    return json.dumps(plain, indent=indent, ensure_ascii=False, allow_nan=False)
+    return json.dumps(plain, indent=indent, ensure_ascii=False, allow_nan=False,
+                      sort_keys=sort_keys)
 
 
 def write_json_atomic(path: Path, obj: Any, reasons: Mapping[str, str] | None = None) -> None:

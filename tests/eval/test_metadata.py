@@ -112,7 +112,15 @@ def test_align_json_from_facelab_align(tmp_path):
     )
     with pytest.raises(FacelabError, match="size: model 112, data 96 \\(align.json\\)"):
         M.check_data("al", PREPROCESS_DEFAULT, desc)
-    assert M.describe_folder(tmp_path / "src") == {}  # not aligned by facelab: nothing declared
+    # not aligned by facelab: only the size, measured on the first image (200 px photos)
+    src = M.describe_folder(tmp_path / "src")
+    assert list(src) == ["size"] and src["size"]["value"] == 200
+    assert src["size"]["source"] == "measured (height of a/0.png; no align.json)"
+    with pytest.raises(FacelabError, match=r"size: model 112, data 200 .*Photos rather than "
+                                           r"aligned crops\? `facelab align SRC OUT --detector"):
+        M.check_data("src", PREPROCESS_DEFAULT, src)
+    (tmp_path / "empty").mkdir()
+    assert M.describe_folder(tmp_path / "empty") == {}  # no image: nothing to measure
 
 
 def test_synthetic_pair_sets_write_sidecars(tmp_path):

@@ -260,7 +260,10 @@ def test_search_report_and_align_json_check(tmp_path, monkeypatch):
         run.search_folders(*args)
     got = run.search_folders(*args, allow_mismatch=["size"])
     assert got["data_checks"]["sets"]["gallery"]["size"]["status"] == "overridden"
-    assert got["data_checks"]["sets"]["probes"]["size"]["status"] == "not declared"
+    # no align.json: the first image's height, measured (and let through like the gallery's)
+    probes = got["data_checks"]["sets"]["probes"]["size"]
+    assert probes["status"] == "overridden" and probes["data"] == 8
+    assert probes["source"] == "measured (height of ann/0.png; no align.json)"
     cands = json.loads((tmp_path / "out" / "candidates.json").read_text())
     # every mate is in the top 4
     ranks = [1 + [c[0] for c in p["candidates"]].index(p["identity"]) for p in cands]

@@ -225,7 +225,9 @@ def test_search_folders(tmp_path, monkeypatch):
     _write_folder(tmp_path / "gallery", colours, 3)
     probes = {"ann": colours["ann"], "bob": colours["bob"], "zed": (128, 128, 128)}
     _write_folder(tmp_path / "probes", probes, 2)
-    monkeypatch.setattr(eval_run, "load_model", lambda path: (_MeanColour(), {"colour": "RGB"}))
+    # a model of 8-px crops: the folders' measured size
+    monkeypatch.setattr(eval_run, "load_model",
+                        lambda path: (_MeanColour(), {"colour": "RGB", "size": 8}))
     got = eval_run.search_folders(
         "ck.pt", tmp_path / "gallery", tmp_path / "probes", tmp_path / "out", "exact", k=2
     )
@@ -251,7 +253,7 @@ class MeanColour(nn.Module):
         m = x.mean(dim=(2, 3))
         return torch.cat([m, torch.full_like(m[:, :1], 0.1)], 1)
 
-eval_run.load_model = lambda path: (MeanColour(), {"colour": "RGB"})
+eval_run.load_model = lambda path: (MeanColour(), {"colour": "RGB", "size": 8})
 gallery, probes, out = sys.argv[1:4]
 code = main(["search", "ck.pt", "--gallery", gallery, "--probes", probes, "--out", out, "--k", "2"])
 logging.getLogger("faiss.loader").warning("a real faiss loading problem")

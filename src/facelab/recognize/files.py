@@ -8,7 +8,6 @@ The `.npz` holds one row per face: `source` (the photo's path), `face` (its inde
 Both files are written atomically, after the last photo: a killed run leaves no partial output.
 """
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from facelab.errors import FacelabError
 from facelab.io import IMAGE_SUFFIXES, check_writable, write_atomic, write_table
+from facelab.jsonfile import strict_json
 from facelab.recognize.recognizer import Recognizer
 
 HEADER = ["source", "face", "status", "score", "x1", "y1", "x2", "y2"]
@@ -83,7 +83,7 @@ def _write_npz(out: Path, rows: list, rec: Recognizer) -> None:
         "landmarks": np.array([f.landmarks for f in faces], np.float32).reshape(-1, 5, 2),
         "score": np.array([f.score for f in faces], np.float32),
         "embedding": np.array([f.embedding for f in faces], np.float32).reshape(-1, d),
-        "model": np.array(json.dumps(rec.fingerprint, sort_keys=True)),
+        "model": np.array(strict_json(rec.fingerprint, indent=None, sort_keys=True)),
     }
 
     def write(tmp: Path) -> None:

@@ -44,6 +44,7 @@ Cost: every write rebuilds the index from all embeddings (and retrains IVF past 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
@@ -62,6 +63,7 @@ from facelab.errors import FacelabError
 from facelab.eval.protocols.gallery_index import NORM_TOL, GalleryIndex, check_features
 from facelab.eval.protocols.search import identity_templates
 from facelab.io import check_writable, remove_stale_temps, write_atomic
+from facelab.jsonfile import strict_json
 
 try:
     import fcntl
@@ -128,7 +130,7 @@ def _normalise_fingerprint(fingerprint: dict) -> dict:
             f"gallery fingerprint must be a dict, got {type(fingerprint).__name__}"
         )
     try:
-        fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, allow_nan=False))
+        fingerprint = json.loads(strict_json(fingerprint, indent=None, sort_keys=True))
     except (TypeError, ValueError) as e:
         raise FacelabError(f"gallery fingerprint must be plain JSON values ({e})") from None
     size = fingerprint.get("embedding_size")
@@ -143,7 +145,8 @@ def _fingerprint_difference(stored: dict, given: dict) -> str | None:
     """'field F: A in the gallery, B given' for the first field (sorted) that differs, or None."""
     for key in sorted(set(stored) | set(given)):
         a, b = (
-            json.dumps(d[key], sort_keys=True) if key in d else "(missing)" for d in (stored, given)
+            strict_json(d[key], indent=None, sort_keys=True) if key in d else "(missing)"
+            for d in (stored, given)
         )
         if a != b:
             return f"field {key!r} is {a} in the gallery, {b} given"
@@ -294,7 +297,7 @@ class Gallery:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 meta = {
-                    "fingerprint": json.dumps(fingerprint, sort_keys=True),
+                    "fingerprint": strict_json(fingerprint, indent=None, sort_keys=True),
                     "generation": "0",
                     "created": _now(),
                 }
@@ -335,7 +338,7 @@ class Gallery:
     @property
     def fingerprint(self) -> dict:
         """The model fingerprint (JSON-normalised), a copy."""
-        return json.loads(json.dumps(self._fingerprint))
+        return copy.deepcopy(self._fingerprint)
 
     @property
     def generation(self) -> int:
@@ -654,7 +657,8 @@ class Gallery:
             folder.mkdir(exist_ok=True)
             remove_stale_temps(folder)  # left by a process killed mid-save
             index.save(folder)
-            write_atomic(folder / GENERATION_FILE, lambda tmp: tmp.write_text(json.dumps(label)))
+            text = strict_json(label, indent=None)
+            write_atomic(folder / GENERATION_FILE, lambda tmp: tmp.write_text(text))
         except OSError as e:
             log.warning("%s: cannot save the gallery index (%s); it will be rebuilt", folder, e)
         return index, generation

@@ -5,7 +5,8 @@ same fields, each with where the value came from:
 
 - an aligned folder (`facelab align`): `align.json` gives the size; the template is `arcface112`
   (the only one `facelab align` writes; a "template" key in align.json wins). Colour/normalisation:
-  not declared.
+  not declared. A folder without align.json: the height of its first image, measured (photos that
+  were never aligned are refused here, with the way to align them, not deep in the model).
 - a `.bin` pair set: a sidecar `<set>.json` next to it (written by `write_bin(..., meta=...)` and by
   the synthetic generator) declares any of the fields; a bare `.bin` is taken as the documented
   insightface convention (112x112 RGB, ArcFace template, (x/255 - 0.5)/0.5), recorded with source
@@ -30,11 +31,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from facelab.align.folder import MANIFEST as ALIGN_MANIFEST
 from facelab.data.pairsets import FIELDS, check_declared, sidecar_path
 from facelab.data.transforms import PREPROCESS_DEFAULT, check_preprocess
 from facelab.errors import FacelabError
+from facelab.io import IMAGE_SUFFIXES
 
 ASSUMED = "assumed (insightface default for a bare .bin)"
 
@@ -81,16 +84,33 @@ def describe_array(images: np.ndarray, declared: Mapping | None = None) -> dict:
 
 
 def describe_folder(folder: Path) -> dict:
-    """Description of an aligned image folder from its align.json (empty when there is none)."""
+    """Description of an aligned image folder from its align.json; without one, the height of its
+    first image (sorted) as the measured size (empty for a folder without images)."""
     manifest = Path(folder) / ALIGN_MANIFEST
     if not manifest.exists():
-        return {}
+        return _measured_size(Path(folder))
     declared = check_declared(_read_json(manifest), str(manifest))
     desc = {k: _field(v, ALIGN_MANIFEST) for k, v in declared.items()}
     desc.setdefault(
         "template", _field("arcface112", f"{ALIGN_MANIFEST} (facelab align's only template)")
     )
     return desc
+
+
+def _measured_size(folder: Path) -> dict:
+    """{"size": the first image's height} of a folder without align.json (Pillow reads the header
+    only); {} when it holds no image or the first cannot be read (the loader then says why)."""
+    first = next(iter(sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                             and p.is_file())), None)
+    if first is None:
+        return {}
+    try:
+        with Image.open(first) as image:
+            height = image.size[1]
+    except (OSError, ValueError):
+        return {}
+    return {"size": _field(height, f"measured (height of {first.relative_to(folder)}; no "
+                                   f"{ALIGN_MANIFEST})")}
 
 
 def describe_ijb(preprocess: Mapping | None) -> dict:
@@ -157,11 +177,14 @@ def check_data(
         record[f] = {"model": pre[f], "data": value, "source": source, "status": status}
     if refused:
         fields = " ".join(f"--allow-mismatch {r.split(':')[0]}" for r in refused)
+        photos = (" Photos rather than aligned crops? `facelab align SRC OUT --detector mtcnn` "
+                  "aligns them; `facelab embed`, `verify` and `gallery` take photos as they are."
+                  if any(r.startswith("size:") for r in refused) else "")
         raise FacelabError(
             f"data check {name!r}: the data do not match the model's preprocessing: "
             + "; ".join(refused)
             + f". Evaluate anyway with {fields} "
-            "(or --allow-mismatch all; Python: allow_mismatch=(...))"
+            "(or --allow-mismatch all; Python: allow_mismatch=(...))." + photos
         )
     return record
 
