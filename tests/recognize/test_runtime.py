@@ -13,6 +13,7 @@ amplification of a random, untrained network. (Measured: 1 - cos <= 5e-6 for bot
 e about 3e-3: the roundings also average out over the embedding's dimensions.)
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -199,3 +200,37 @@ def test_a_prepared_model_is_not_prepared_twice():
     assert prepare(net, "auto") == (net, "bf16") and prepare(net, "bf16") == (net, "bf16")
     with pytest.raises(FacelabError, match="already prepared in bf16"):
         prepare(net, "fp32")
+
+
+def test_auto_without_bf16_keeps_its_choice(monkeypatch, tmp_path, caplog):
+    """The first load times torch against onnxruntime and keeps the outcome; the next loads take it
+    without exporting again; a damaged record is measured again."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    model, x = _net("tiny"), _crops(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first, used = prepare(model, "auto")
+        records = list((tmp_path / "facelab" / "runtime").glob("*.json"))
+        assert len(records) == 1 and json.loads(records[0].read_text())["choice"] == used
+        assert records[0].with_suffix(".onnx").exists() == (used == "onnxruntime-fp32")
+
+        def no_export(*args, **kwargs):
+            raise AssertionError("exported again")
+
+        monkeypatch.setattr(runtime, "onnx_export", no_export)
+        again, used_again = prepare(model, "auto")
+        assert used_again == used
+        with torch.no_grad():  # the kept path embeds as the first did (the same export or copy)
+            np.testing.assert_allclose(again(x).numpy(), first(x).numpy(), atol=DIST_TOL)
+        records[0].write_text("{not json")
+        monkeypatch.setattr(runtime, "onnx_export", lambda *a, **k: (_ for _ in ()).throw(
+            FacelabError("export refused here")))
+        with caplog.at_level("WARNING", logger="facelab.recognize.runtime"):
+            assert prepare(model, "auto")[1] == "fp32"  # measured again: no export, torch fp32
+        assert "export refused here" in caplog.text
+    finally:
+        torch.set_num_threads(threads)

@@ -25,7 +25,8 @@ not fixed: with torch held to AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=
 "fp32" path ran mobilefacenet at 1.0-1.5x onnxruntime's speed but iresnet50 at 0.66-0.82x, so
 neither is the faster for every model (docs/performance.md, "Embedding a face on CPU"). The export
 and the timing cost seconds (about 8 s for mobilefacenet, 13 s for iresnet50 on 2 cores, most of
-it the exporter), paid only on CPUs without native bf16; pass "fp32" to skip them.
+it the exporter), paid only on CPUs without native bf16 and once per model and machine: the choice,
+and the export when onnxruntime won, are kept for the next load (runtime_cache). "fp32" skips them.
 
 The caller's module is never changed: `prepare` works on a deep copy. It does change one process
 setting: it flushes denormal floats to zero (see `prepare`).
@@ -51,6 +52,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from facelab.errors import FacelabError
 from facelab.export import TOLERANCE, max_difference, to_onnx
 from facelab.onnx_model import OnnxEmbedder, first_line, open_session
+from facelab.recognize import runtime_cache
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +220,8 @@ def _copy_for_cpu(model: nn.Module, precision: str) -> CpuEmbedder:
     return CpuEmbedder(net, precision)
 
 
-def onnx_embedder(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> OnnxEmbedder:
-    """`model` exported to ONNX in memory by facelab's exporter (facelab.export) and run by an
-    onnxruntime CPU session (facelab.onnx_model.open_session: as many threads as torch): images
-    float32 [B, 3, H, W] (B free) -> raw embeddings float32 [B, d].
+def onnx_export(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> bytes:
+    """`model` exported to ONNX in memory by facelab's exporter (facelab.export), serialised.
 
     Checked as `facelab export` checks a file: torch and onnxruntime embed seeded random batches
     and their L2-normalised embeddings must agree to facelab.export.TOLERANCE; FacelabError when the
@@ -229,10 +229,9 @@ def onnx_embedder(model: nn.Module, input_size: tuple[int, int] = (112, 112)) ->
     """
     net = copy.deepcopy(model).to("cpu").eval()
     name = type(model).__name__
-    proto = to_onnx(net, tuple(input_size), None, name)  # FacelabError when it cannot export
+    data = to_onnx(net, tuple(input_size), None, name).SerializeToString()  # FacelabError if not
     try:
-        session = open_session(proto.SerializeToString())
-        diff = max_difference(net, session, tuple(input_size))
+        diff = max_difference(net, open_session(data), tuple(input_size))
     except FacelabError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
@@ -241,6 +240,16 @@ def onnx_embedder(model: nn.Module, input_size: tuple[int, int] = (112, 112)) ->
     if not diff <= TOLERANCE:  # NaN refused too
         raise FacelabError(f"{name}: the in-memory ONNX export differs from the torch model by "
                            f"{diff:.2e} (L2-normalised embeddings, tolerance {TOLERANCE:.0e})")
+    return data
+
+
+def onnx_embedder(model: nn.Module, input_size: tuple[int, int] = (112, 112),
+                  data: bytes | None = None, spin: bool = True) -> OnnxEmbedder:
+    """An onnxruntime CPU session (facelab.onnx_model.open_session: as many threads as torch, spin
+    as there) on `data`, an export of `model` (onnx_export's, made here when None): images float32
+    [B, 3, H, W] (B free) -> raw embeddings float32 [B, d]."""
+    name = type(model).__name__
+    session = open_session(onnx_export(model, input_size) if data is None else data, spin)
     return OnnxEmbedder(Path(f"<{name} exported in memory>"), session, {"backbone": name})
 
 
@@ -273,23 +282,43 @@ def _median_seconds(paths: dict[str, Callable], x: torch.Tensor, rounds: int) ->
 
 
 def _fastest_fp32(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, str]:
-    """torch "fp32" or the onnxruntime export, whichever embeds a probe batch faster here."""
+    """torch "fp32" or the onnxruntime export, whichever embeds a probe batch faster here; the
+    choice (and the export) kept for the next load (facelab.recognize.runtime_cache). The
+    onnxruntime session returned does not spin: a detector runs between its calls."""
     torch_path = _copy_for_cpu(model, FP32)
     if not onnx_installed():
         log.info("auto: no native bf16; onnxruntime/onnx/onnxscript not installed: torch fp32")
         return torch_path, FP32
+    key = runtime_cache.cache_key(model, input_size)
+    kept = runtime_cache.read(key)
+    if kept is not None and kept[0] in (FP32, ONNXRUNTIME_FP32):
+        choice, data = kept
+        if choice == FP32:
+            log.info("auto: no native bf16; torch fp32 (kept from an earlier timing)")
+            return torch_path, FP32
+        try:
+            path = onnx_embedder(model, input_size, data=data, spin=False)
+            log.info("auto: no native bf16; onnxruntime fp32 (kept from an earlier timing)")
+            return path, ONNXRUNTIME_FP32
+        except Exception as e:  # noqa: BLE001 - a damaged kept export: measure again
+            log.info("auto: the kept onnxruntime export does not open (%s): timing again", e)
     try:
-        ort_path = onnx_embedder(model, input_size)
+        data = onnx_export(model, input_size)
     except FacelabError as e:
         log.warning("auto: no native bf16 and no onnxruntime path (%s); using torch fp32", e)
         return torch_path, FP32
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(_PROBE_BATCH, 3, *input_size, generator=gen)  # [B, 3, H, W]
-    secs = _median_seconds({FP32: torch_path, ONNXRUNTIME_FP32: ort_path}, x, _PROBE_ROUNDS)
+    probe = onnx_embedder(model, input_size, data=data)
+    secs = _median_seconds({FP32: torch_path, ONNXRUNTIME_FP32: probe}, x, _PROBE_ROUNDS)
     used = FP32 if secs[FP32] < secs[ONNXRUNTIME_FP32] else ONNXRUNTIME_FP32
     log.info("auto: no native bf16; batch of %d: torch fp32 %.1f ms, onnxruntime fp32 %.1f ms: %s",
              _PROBE_BATCH, 1e3 * secs[FP32], 1e3 * secs[ONNXRUNTIME_FP32], used)
-    return (torch_path, FP32) if used == FP32 else (ort_path, ONNXRUNTIME_FP32)
+    ms = {k: 1e3 * v for k, v in secs.items()}
+    runtime_cache.write(key, used, ms, data if used == ONNXRUNTIME_FP32 else None)
+    if used == FP32:
+        return torch_path, FP32
+    return onnx_embedder(model, input_size, data=data, spin=False), ONNXRUNTIME_FP32
 
 
 def prepare(model: nn.Module, precision: str = "auto",
