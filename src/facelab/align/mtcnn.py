@@ -188,16 +188,24 @@ def square(boxes: np.ndarray) -> np.ndarray:
 
 def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> Tensor:
     """Cut each box (rounded to whole pixels, zero outside the image, as in the paper's code) and
-    resize by area averaging: RGB uint8 [H, W, 3], [N, 4] -> normalised [N, 3, size, size]."""
+    resize by area averaging: RGB uint8 [H, W, 3], [N, 4] -> normalised [N, 3, size, size].
+
+    Boxes of one pixel size are resized together, one call per size: a photo gives hundreds of
+    candidate boxes in a few dozen sizes, and the per-call cost dominated the resize."""
     h, w = image.shape[:2]
-    out = []
-    for x1, y1, x2, y2 in np.round(boxes).astype(np.int64):
-        patch = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
-        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
-        if sx2 > sx1 and sy2 > sy1:
-            patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
-        out.append(resize(to_tensor(patch[None]), size, size))
-    return torch.cat(out)
+    rounded = np.round(boxes).astype(np.int64)  # [N, 4]
+    out = torch.empty(len(boxes), 3, size, size)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, (x1, y1, x2, y2) in enumerate(rounded):
+        by_size.setdefault((int(y2 - y1), int(x2 - x1)), []).append(k)
+    for (ph, pw), members in by_size.items():
+        patches = np.zeros((len(members), ph, pw, 3), dtype=np.uint8)  # [n, ph, pw, 3]
+        for patch, (x1, y1, x2, y2) in zip(patches, rounded[members], strict=True):
+            sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+            if sx2 > sx1 and sy2 > sy1:
+                patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
+        out[members] = resize(to_tensor(patches), size, size)
+    return out
 
 
 def resize(x: Tensor, h: int, w: int) -> Tensor:
