@@ -132,10 +132,15 @@ class ModelConfig:
     embedding_size: int = 512
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
     groupface: GroupFaceConfig = field(default_factory=GroupFaceConfig)
+    # fine-tuning: a facelab run folder or checkpoint file whose embedding network (same
+    # architecture) a new run starts from; the head starts afresh (facelab.train.finetune)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         require(self.embedding_size >= 1, "model.embedding_size", self.embedding_size,
                 "must be >= 1")
+        require(self.init_from is None or bool(self.init_from.strip()), "model.init_from",
+                self.init_from, "must name a run folder or checkpoint file (null: random init)")
 
 
 @dataclass
@@ -240,9 +245,16 @@ class TrainConfig:
     status_every: float = 30.0
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # backbone parts not trained: prefixes of the backbone's parameter names ("stem", "stages.0"),
+    # matched on whole dotted components (facelab.train.finetune)
+    freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         k = "train."
+        for i, entry in enumerate(self.freeze):
+            ok = bool(entry) and entry == entry.strip() and "" not in entry.split(".")
+            require(ok, f"{k}freeze[{i}]", entry,
+                    "must be a dotted name of backbone parameters, e.g. 'stem' or 'stages.0'")
         require(self.steps >= 1, k + "steps", self.steps, "must be >= 1")
         choice(self.amp, AMP_MODES, k + "amp")
         require(0.0 <= self.clip_grad_norm < math.inf, k + "clip_grad_norm", self.clip_grad_norm,

@@ -32,6 +32,13 @@ from facelab.io import check_writable, remove_stale_temps, write_table
 from facelab.jsonfile import write_json_atomic
 from facelab.model import CHECKPOINT_NAME, load_checkpoint
 from facelab.train.checkpoint import TrainState
+from facelab.train.finetune import (
+    InitSource,
+    adopt_preprocess,
+    init_preprocess,
+    load_backbone,
+    load_init_source,
+)
 from facelab.train.logging import RunLogger
 from facelab.train.optim import build_optimizer, build_scheduler
 from facelab.train.progress import Progress
@@ -57,6 +64,8 @@ class _Run:
     plots: DistillPlots | None
     bad_images: list[tuple[str, str]]  # (image, reason) left out of the set (data.skip_bad)
     changes: list[dict]  # config changes made by resumes (facelab.train.run)
+    # the model the run started from (model.init_from): {"path", "weights_digest"}; None: random
+    init_from: dict | None = None
     seconds: float = 0.0  # time spent in training steps, over every session of the run (images/s)
     images: int = 0  # images trained on, over every session
 
@@ -71,12 +80,15 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     """
     # a misspelt margin or backbone fails here, before data is read or files written
     check_names(cfg)
+    # fine-tuning: a new run's source model, read and checked before anything else; a resumed run
+    # restores its own weights and never reads it again (facelab.train.finetune)
+    source = None if resume else load_init_source(cfg)
     # one process, or one of torchrun's (facelab.distributed)
     env = dist_env.setup(cfg.train.device)
     finished, lock = False, None
     try:
         folder, lock = _open_run(cfg, resume, env)
-        summary = _train(cfg, folder, resume, stop_at, env)
+        summary = _train(cfg, folder, resume, stop_at, env, source)
         finished = True
         return summary
     finally:
@@ -86,7 +98,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
 
 
 def _train(cfg: Config, folder: Path, resume: bool, stop_at: int | None,
-           env: dist_env.DistEnv) -> dict:
+           env: dist_env.DistEnv, source: InitSource | None = None) -> dict:
     ckpt, changes = (load_checkpoint(folder), []) if resume else (None, [])
     if ckpt is not None:
         changes = [*ckpt.get("config_changes", []), *resume_changes(cfg, ckpt, folder)]
@@ -101,9 +113,13 @@ def _train(cfg: Config, folder: Path, resume: bool, stop_at: int | None,
             )
             return done
     _set_torch(cfg, env.device)
-    run = _build(cfg, folder, env, changes)
+    # a resumed run trains with the input normalisation it recorded (a fine-tuned run's: its
+    # source's)
+    recorded = None if ckpt is None else ckpt["preprocess"]
+    run = _build(cfg, folder, env, changes, source, recorded)
     if ckpt is not None:
         run.state.restore(ckpt, env.device)
+        run.init_from = ckpt.get("init_from")  # what the run started from, kept across resumes
         timing = ckpt.get("timing", {"seconds": 0.0, "images": 0})
         run.seconds, run.images = timing["seconds"], timing["images"]
         log.info("resumed %s at step %d", folder, run.state.step)
@@ -133,14 +149,34 @@ def _set_torch(cfg: Config, device: torch.device) -> None:
     torch.manual_seed(cfg.seed)
 
 
-def _build(cfg: Config, folder: Path, env: dist_env.DistEnv, changes: list[dict]) -> _Run:
-    """Data, model, head, optimiser, schedule and batch sampler of `cfg` on this rank."""
+def _build(cfg: Config, folder: Path, env: dist_env.DistEnv, changes: list[dict],
+           source: InitSource | None = None, recorded: dict | None = None) -> _Run:
+    """Data, model, head, optimiser, schedule and batch sampler of `cfg` on this rank; the
+    backbone freshly initialised, or with `source`'s weights (model.init_from of a new run).
+    recorded: the preprocessing record of the checkpoint a resumed run continues."""
     dataset = open_training_data(cfg.data, preload=cfg.data.preload)  # data.train or data.datasets
     val_sets = {Path(p).stem: load_bin(p) for p in cfg.data.val_pairs}
     preprocess = {**PREPROCESS_DEFAULT, "size": int(dataset[0][0].shape[-1])}
+    if source is not None:  # the source's colour and normalisation; size and template agree
+        preprocess = init_preprocess(source, preprocess)
+    elif recorded is not None:
+        preprocess = adopt_preprocess(recorded, preprocess)
     offsets = getattr(dataset, "offsets", None)  # first class of each dataset (DAIL); None: one
     shard = (env.rank, env.world_size)
     task = FaceTask(cfg, dataset.num_classes, preprocess, shard=shard, offsets=offsets)
+    if source is not None:  # after the random init, so the head draws as in a run from scratch
+        load_backbone(task.backbone, source)
+        source.state.clear()  # copied into the task: the run holds no second copy of the weights
+        if env.main:
+            log.info("model.init_from: backbone initialised from %s (weights %s)", source.path,
+                     source.digest[:12])
+    if cfg.train.freeze and env.main:
+        total = sum(p.numel() for p in task.backbone.parameters())
+        log.info("train.freeze: %d of the backbone's %d parameter values frozen (%s)",
+                 task.frozen_parameters, total, ", ".join(cfg.train.freeze))
+        if cfg.model.init_from is None:
+            log.warning("train.freeze without model.init_from: the frozen parts keep their "
+                        "random initial weights")
     task = task.to(env.device)
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
@@ -153,7 +189,8 @@ def _build(cfg: Config, folder: Path, env: dist_env.DistEnv, changes: list[dict]
     if cfg.distill.name != "none":  # easy and hard images of the same identities per batch
         dataset, sampler, plots = distill_data(dataset, cfg, env)
     state = TrainState(task, optimizer, scheduler, scaler, sampler)
-    return _Run(cfg, folder, env, state, dataset, val_sets, plots, bad, changes)
+    init_from = None if source is None else source.record()
+    return _Run(cfg, folder, env, state, dataset, val_sets, plots, bad, changes, init_from)
 
 
 def _train_backbone(backbone: nn.Module, cfg: Config, env: dist_env.DistEnv) -> nn.Module:
@@ -307,6 +344,7 @@ def _checkpoint(run: _Run) -> None:
         "timing": {"seconds": run.seconds, "images": run.images},
         "preprocess": task.preprocess,
         "num_classes": run.dataset.num_classes,
+        "init_from": run.init_from,  # the source model of a fine-tuned run (model.init_from)
     }, run.env.main)
     dist_env.barrier(run.env)
 
@@ -333,6 +371,8 @@ def _finish(run: _Run, logger: RunLogger | dist_env.NullLogger) -> dict:
         "num_images": len(run.dataset),
         "bad_images_skipped": len(run.bad_images),
         "config_changes": run.changes,
+        "init_from": run.init_from,  # {"path", "weights_digest"} of model.init_from; None
+        "frozen_parameters": run.state.task.frozen_parameters,  # values train.freeze held fixed
     }
     summary = {"pairs": without_curves(results), "thresholds": thresholds, "train": train}
     if env.main:

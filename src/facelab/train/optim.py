@@ -9,7 +9,9 @@ from facelab.config import OptimConfig, ScheduleConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and conv kernels only; none on biases, BN and PReLU (1-D)."""
+    """Weight decay on weight matrices and conv kernels only; none on biases, BN and PReLU (1-D).
+    Parameters that do not require grad (train.freeze, the insightface embedding BN's weight) are
+    left out, so neither a step, momentum nor weight decay moves them."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:

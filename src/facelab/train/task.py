@@ -21,6 +21,7 @@ from facelab.heads.dataset_mask import DatasetMask
 from facelab.losses import build_objectives
 from facelab.losses.pairs import pairs_objective
 from facelab.model import build_model
+from facelab.train.finetune import check_freeze, freeze_parameters, frozen_batchnorms
 
 
 class TaskOutput(NamedTuple):
@@ -44,6 +45,12 @@ class FaceTask(nn.Module):
         check_task(cfg, shard[1], offsets)
         self.preprocess = check_preprocess(preprocess)
         self.backbone = build_model(cfg)
+        # train.freeze: these backbone parts keep their weights and BN statistics (finetune.py)
+        self.freeze = tuple(cfg.train.freeze)
+        self.frozen_parameters = freeze_parameters(self.backbone, self.freeze)  # values frozen
+        if shard[1] > 1 and not any(p.requires_grad for p in self.backbone.parameters()):
+            raise FacelabError("config train.freeze: freezes the whole backbone, which "
+                               "DistributedDataParallel refuses; train the head on one process")
         self.head = (
             None if cfg.objective == "pairs" else task_head(cfg, num_classes, shard, offsets)
         )
@@ -51,6 +58,16 @@ class FaceTask(nn.Module):
         # an argmax over [B, C_local] and, sharded, two all-gathers: only for Adaptive Data Sampling
         self.track_correct = cfg.data.adaptive_sampling.enabled
         self.wrap_backbone(lambda backbone: backbone)
+        self.train(self.training)  # the frozen parts' BatchNorm layers in eval mode from the start
+
+    def train(self, mode: bool = True) -> "FaceTask":
+        """nn.Module.train, with the BatchNorm layers of frozen backbone parts (train.freeze) kept
+        in eval mode: they neither normalise by the batch nor update their running statistics."""
+        super().train(mode)
+        if mode:
+            for bn in frozen_batchnorms(self.backbone, self.freeze):
+                bn.eval()
+        return self
 
     def wrap_backbone(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Run the training forward through wrap(backbone) (DDP, torch.compile); evaluation and
@@ -121,6 +138,7 @@ def check_names(cfg: Config) -> None:
         check_backbone(cfg.model.backbone, cfg.model.embedding_size, **cfg.model.kwargs)
     except FacelabError as e:
         raise FacelabError(f"config model: {e}") from None
+    check_freeze(cfg)  # every train.freeze entry names backbone parameters
     pairs_objective(cfg)
     reserved = {"embedding_size", "num_classes", "sub_centers", "margin"} & set(cfg.head.kwargs)
     if reserved:
