@@ -13,7 +13,7 @@ LAYERS = [
     {"__init__", "errors", "io", "images", "jsonfile", "config", "configcheck"},
     {"align", "backbones", "data"},
     {"distributed", "heads", "losses", "onnx_model", "model"},
-    {"eval", "export"},
+    {"eval", "export", "interop"},
     {"distill", "train", "clean", "recognize"},
     {"demo", "experiments", "cli", "__main__"},
 ]

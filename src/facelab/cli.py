@@ -240,6 +240,24 @@ def _identified_line(r: dict) -> str:
             + (f"; next: {others}" if others else ""))
 
 
+def _cmd_import_onnx(a: argparse.Namespace) -> int:
+    from facelab.interop.onnx_import import import_onnx, preset
+
+    given = {k: v for k, v in (("template", a.template), ("size", a.size), ("colour", a.colour),
+                               ("mean", a.mean), ("std", a.std)) if v is not None}
+    if a.preset is None and not given:
+        raise FacelabError("import onnx: give --preset NAME or the model's preprocessing "
+                           "(--colour, --mean, --std, --size, --template)")
+    pre = {**(preset(a.preset) if a.preset else {}), **given}
+    for key in ("mean", "std"):  # one number or one per channel
+        if key in given and isinstance(pre[key], list) and len(pre[key]) == 1:
+            pre[key] = pre[key][0]
+    s = import_onnx(a.src, a.out, pre, backbone=a.backbone, layout=a.layout)
+    log.info("%s -> %s: input %s %s, batch %s, %d-d embeddings; preprocessing %s", a.src, a.out,
+             s["input"], s["input_layout"], s["batch"], s["embedding_size"], s["preprocess"])
+    return 0
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
     from facelab.export import export_onnx
 
@@ -523,6 +541,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threshold(g)
     g.add_argument("--json", action="store_true", help="a JSON list on stdout")
     s.set_defaults(func=_cmd_gallery)
+
+    s = sub.add_parser("import", help="another tool's model as a facelab model")
+    kinds = s.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    k = kinds.add_parser("onnx", help="a face-embedding ONNX file without facelab's metadata: "
+                         "its preprocessing added, the graph unchanged")
+    k.add_argument("src", type=Path, help="the .onnx file")
+    k.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    k.add_argument("--preset", default=None, help="a known convention (insightface, "
+                   "insightface-mxnet); the options below override its fields")
+    k.add_argument("--colour", "--color", choices=["RGB", "BGR"], type=str.upper, default=None)
+    k.add_argument("--mean", type=float, nargs="+", default=None, help="1 or 3 numbers")
+    k.add_argument("--std", type=float, nargs="+", default=None, help="1 or 3 numbers")
+    k.add_argument("--size", type=int, default=None, help="crop height in pixels (112)")
+    k.add_argument("--template", default=None, help="alignment template (arcface112)")
+    k.add_argument("--backbone", default=None, help="the model's name, stored in the metadata")
+    k.add_argument("--layout", choices=["NCHW", "NHWC"], default=None,
+                   help="only when the input's shape leaves it open")
+    k.set_defaults(func=_cmd_import_onnx)
 
     s = sub.add_parser("export",
                        help="export a run's embedding network to ONNX, checked against torch")

@@ -4,6 +4,15 @@
 imported when first needed) and checks the metadata `facelab export` writes (facelab_format,
 facelab_format_version, preprocess, embedding_size), so a model evaluates and checks its data
 exactly as a checkpoint does.
+
+Format versions. 1: what `facelab export` writes, the graph takes float32 [B, 3, H, W] (NCHW) with
+B dynamic. 2 (files made by facelab.interop.onnx_import from another tool's model) may add
+input_layout ("NCHW" or "NHWC": the graph's image input is [B, H, W, 3], so OnnxEmbedder transposes
+before running it), batch ("dynamic" or a fixed positive integer N: the graph takes exactly N
+images; OnnxEmbedder runs chunks of N, the last one padded with zero images whose outputs it
+drops) and imported_from (JSON {"path", "sha256"} of the source file). A file without them reads
+as version 1 does. Exports stay version 1, so any facelab that reads ONNX reads them; a facelab
+older than version 2 refuses an imported file instead of feeding it the wrong layout.
 """
 
 import importlib
@@ -19,7 +28,11 @@ from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
 
 FORMAT = "facelab-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # written by `facelab export` (NCHW, dynamic batch): no field of version 2
+IMPORT_FORMAT_VERSION = 2  # input_layout, batch, imported_from (facelab.interop.onnx_import)
+NEWEST_FORMAT_VERSION = IMPORT_FORMAT_VERSION  # this facelab reads versions 1..NEWEST
+LAYOUTS = ("NCHW", "NHWC")
+V2_FIELDS = ("input_layout", "batch", "imported_from")
 INSTALL = "pip install 'facelab[export]'"
 
 
@@ -55,23 +68,48 @@ def open_session(source: str | bytes, spin: bool = True) -> object:
 class OnnxEmbedder(nn.Module):
     """An exported model as an embedding network for evaluation: images float32 [B, 3, H, W]
     (preprocessed as `metadata["preprocess"]` says) -> raw embeddings float32 [B, d], through an
-    onnxruntime CPU session. No parameters and no autograd: evaluation only."""
+    onnxruntime CPU session. No parameters and no autograd: evaluation only.
+
+    metadata "input_layout" NHWC: the graph gets [B, H, W, 3]; "batch" N (an int): the graph gets
+    chunks of exactly N images, the last one padded with zero images whose outputs are dropped.
+    Without them (a version 1 export, an in-memory export): NCHW, dynamic batch."""
 
     def __init__(self, path: Path, session: object, metadata: dict) -> None:
         super().__init__()
         self.path, self.session, self.metadata = Path(path), session, metadata
         self.input_name = session.get_inputs()[0].name
+        self.layout = metadata.get("input_layout", "NCHW")
+        self.batch = metadata.get("batch", "dynamic")  # "dynamic" or a positive int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)  # [B, 3, H, W]
+        if self.layout == "NHWC":
+            feed = np.ascontiguousarray(feed.transpose(0, 2, 3, 1))  # [B, H, W, 3]
+        if self.batch == "dynamic":
+            out = self._run(feed, x.shape)  # [B, d]
+        else:
+            outs = []
+            for start in range(0, len(feed), self.batch):
+                chunk = feed[start : start + self.batch]  # [n, ...], n <= N
+                n = len(chunk)
+                if n < self.batch:  # [N, ...]: zero images after the last real one
+                    pad = np.zeros((self.batch - n, *chunk.shape[1:]), np.float32)
+                    chunk = np.concatenate([chunk, pad])
+                outs.append(np.asarray(self._run(chunk, x.shape))[:n])  # [n, d]
+            empty = np.zeros((0, int(self.metadata.get("embedding_size", 0))), np.float32)
+            out = np.concatenate(outs) if outs else empty  # [B, d]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+    def _run(self, feed: np.ndarray, shape: torch.Size) -> np.ndarray:
+        """The graph's first output on `feed` (already in its layout and batch); FacelabError
+        naming the file and the batch's shape as given to forward."""
         try:
-            out = self.session.run(None, {self.input_name: feed})[0]  # [B, d]
+            return self.session.run(None, {self.input_name: feed})[0]
         except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
             raise FacelabError(
-                f"{self.path}: onnxruntime cannot embed a batch of shape {tuple(x.shape)} "
+                f"{self.path}: onnxruntime cannot embed a batch of shape {tuple(shape)} "
                 f"({type(e).__name__}: {first_line(e)})"
             ) from None
-        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
 
     def extra_repr(self) -> str:
         return f"{self.path}, backbone={self.metadata.get('backbone')!r}"
@@ -88,16 +126,48 @@ def read_metadata(props: dict[str, str], where: str | Path) -> dict:
     if fmt != FORMAT:
         raise FacelabError(f"{where}: metadata facelab_format is {fmt!r}, expected {FORMAT!r}")
     version = props.get("facelab_format_version", "")
-    if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
+    if not version.isdigit() or not 1 <= int(version) <= NEWEST_FORMAT_VERSION:
         raise FacelabError(f"{where}: metadata facelab_format_version is {version!r}; this facelab "
-                           f"reads versions 1..{FORMAT_VERSION}")
+                           f"reads versions 1..{NEWEST_FORMAT_VERSION}")
+    if int(version) < IMPORT_FORMAT_VERSION:
+        newer = [k for k in V2_FIELDS if k in props]
+        if newer:  # a facelab that reads only version 1 would ignore them and misread the file
+            raise FacelabError(f"{where}: metadata field {newer[0]!r} needs "
+                               f"facelab_format_version {IMPORT_FORMAT_VERSION}, the file says "
+                               f"{version!r}")
     preprocess = _read_preprocess(props, where)
     size = props.get("embedding_size", "")
     if not size.isdigit() or int(size) < 1:
         raise FacelabError(
             f"{where}: metadata field 'embedding_size' must be a positive integer, got {size!r}"
         )
-    return {**props, "preprocess": preprocess, "embedding_size": int(size)}
+    layout = props.get("input_layout", "NCHW")
+    if layout not in LAYOUTS:
+        raise FacelabError(f"{where}: metadata field 'input_layout' must be one of "
+                           f"{', '.join(LAYOUTS)}, got {layout!r}")
+    batch = props.get("batch", "dynamic")
+    if batch != "dynamic" and not (batch.isascii() and batch.isdigit() and int(batch) >= 1):
+        raise FacelabError(f"{where}: metadata field 'batch' must be 'dynamic' or a positive "
+                           f"integer, got {batch!r}")
+    meta = {**props, "preprocess": preprocess, "embedding_size": int(size), "input_layout": layout,
+            "batch": batch if batch == "dynamic" else int(batch)}
+    if "imported_from" in props:
+        meta["imported_from"] = _read_imported_from(props["imported_from"], where)
+    return meta
+
+
+def _read_imported_from(text: str, where: str | Path) -> dict:
+    """The `imported_from` metadata field: {"path": source file, "sha256": its digest}."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        msg = f"{where}: metadata field 'imported_from' is not JSON ({e.msg})"
+        raise FacelabError(msg) from None
+    if not (isinstance(record, dict) and isinstance(record.get("path"), str)
+            and isinstance(record.get("sha256"), str)):
+        raise FacelabError(f"{where}: metadata field 'imported_from' must be a JSON object with "
+                           f"string fields 'path' and 'sha256', got {text[:200]!r}")
+    return record
 
 
 def _read_preprocess(props: dict[str, str], where: str | Path) -> dict:

@@ -1,0 +1,1 @@
+"""Other tools' models in and out: insightface checkpoints, face-embedding ONNX files."""

@@ -1,0 +1,84 @@
+"""`facelab import onnx`, then `facelab eval` of the imported file: the verification result equals
+the one computed by hand from the ORIGINAL file (numpy preprocessing, a plain onnxruntime session,
+one image per call, flip-fused and L2-normalised embeddings, the same 10-fold protocol)."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from facelab.cli import main  # noqa: E402
+from facelab.data.pairsets import load_bin, write_bin  # noqa: E402
+from facelab.eval.protocols.verification import verify_pairs  # noqa: E402
+
+
+class _BgrNet(nn.Module):
+    """Nobody's toolkit: takes BGR [1, 3, 112, 112] (x - 127.5) / 128, returns [1, 16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten(), nn.Linear(128, 16))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _by_hand(path, images):
+    """Embeddings [N, 16] of RGB uint8 images through the original file, computed here."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = []
+    for image in images:
+        rows = []
+        for view in (image, image[:, ::-1]):  # the image and its mirror, summed (flip fusion)
+            x = (view[:, :, ::-1].astype(np.float32) - 127.5) / 128.0  # BGR, normalised
+            rows.append(session.run(None, {name: x.transpose(2, 0, 1)[None].copy()})[0][0])
+        e = rows[0] + rows[1]
+        out.append(e / np.linalg.norm(e))
+    return np.array(out)
+
+
+def test_import_an_onnx_file_then_eval_it(tmp_path, capsys):
+    src = tmp_path / "other.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_BgrNet().eval(), (torch.zeros(1, 3, 112, 112),), str(src),
+                          dynamo=False, input_names=["data"], output_names=["fc1"])  # batch 1
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(40)]
+    write_bin(tmp_path / "v.bin", images, [i % 2 == 0 for i in range(20)])
+    out = tmp_path / "m.facelab.onnx"
+    # (x / 255 - 127.5 / 255) / (128 / 255) = (x - 127.5) / 128, the model's normalisation
+    assert main(["import", "onnx", str(src), "--out", str(out), "--colour", "bgr",
+                 "--mean", str(127.5 / 255), "--std", str(128 / 255)]) == 0
+    # a bare .bin is assumed RGB and normalised (x/255 - 0.5)/0.5: the data check refuses this
+    # BGR model's other record until told (facelab.eval.checks.metadata)
+    assert main(["eval", str(out), "--pairs", str(tmp_path / "v.bin"),
+                 "--out", str(tmp_path / "eval")]) == 2
+    assert "colour: model 'BGR', data 'RGB'" in capsys.readouterr().err
+    assert main(["eval", str(out), "--pairs", str(tmp_path / "v.bin"), "--allow-mismatch", "all",
+                 "--out", str(tmp_path / "eval")]) == 0
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())["pairs"]["v"]
+    loaded, same = load_bin(tmp_path / "v.bin")
+    emb = _by_hand(src, loaded)
+    want = verify_pairs(emb[0::2], emb[1::2], same)
+    assert got["accuracy"] == pytest.approx(want["accuracy"])
+    assert got["fold_accuracies"] == pytest.approx(want["fold_accuracies"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--out", "x.onnx"], "give --preset NAME or the model's preprocessing"),
+    (["--out", "x.onnx", "--preset", "nope"], "nope"),
+])
+def test_import_onnx_arguments(tmp_path, capsys, argv, match):
+    (tmp_path / "a.onnx").write_bytes(b"not onnx")
+    assert main(["import", "onnx", str(tmp_path / "a.onnx"), *argv]) == 2
+    assert match in capsys.readouterr().err
