@@ -259,10 +259,31 @@ def _cmd_import_onnx(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    if a.format == "insightface":
+        from facelab.interop.insightface import export_insightface
+
+        if a.opset is not None:
+            raise FacelabError("export: --opset is for --format onnx")
+        s = export_insightface(a.run, a.out, arch=a.arch)
+        log.info("%s -> %s: insightface %s backbone state dict (%d tensors, %d-d)", a.run, a.out,
+                 s["arch"], s["tensors"], s["embedding_size"])
+        return 0
     from facelab.export import export_onnx
 
+    if a.arch is not None:
+        raise FacelabError("export: --arch is for --format insightface")
     # logs the file, its size and the torch vs onnxruntime difference
     export_onnx(a.run, a.out, opset=a.opset)
+    return 0
+
+
+def _cmd_import_insightface(a: argparse.Namespace) -> int:
+    from facelab.interop.insightface import import_insightface
+
+    s = import_insightface(a.src, a.arch, a.out)
+    log.info("%s -> %s: insightface %s as facelab %s (%d tensors, %d parameters, %d-d)", a.src,
+             s["out"], s["arch"], s["backbone"], s["tensors"], s["parameters"],
+             s["embedding_size"])
     return 0
 
 
@@ -544,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("import", help="another tool's model as a facelab model")
     kinds = s.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    k = kinds.add_parser("insightface", help="an insightface arcface_torch backbone checkpoint "
+                         "(backbone.pth) as a facelab run folder")
+    k.add_argument("src", type=Path, help="the .pth file")
+    k.add_argument("--arch", required=True, help="the insightface architecture the weights "
+                   "belong to: r18, r34, r50, r100, r200, mbf or mbf_large")
+    k.add_argument("--out", type=Path, required=True, help="the run folder to write")
+    k.set_defaults(func=_cmd_import_insightface)
     k = kinds.add_parser("onnx", help="a face-embedding ONNX file without facelab's metadata: "
                          "its preprocessing added, the graph unchanged")
     k.add_argument("src", type=Path, help="the .onnx file")
@@ -560,12 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only when the input's shape leaves it open")
     k.set_defaults(func=_cmd_import_onnx)
 
-    s = sub.add_parser("export",
-                       help="export a run's embedding network to ONNX, checked against torch")
+    s = sub.add_parser("export", help="export a run's embedding network to ONNX (checked "
+                       "against torch) or as an insightface backbone state dict")
     s.add_argument("run", help="a run folder or checkpoint")
-    s.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    s.add_argument("--out", type=Path, required=True, help="the file to write (.onnx, .pth)")
+    s.add_argument("--format", choices=["onnx", "insightface"], default="onnx")
     s.add_argument("--opset", type=int, default=None,
                    help="ONNX opset (default: the exporter's)")
+    s.add_argument("--arch", default=None,
+                   help="insightface architecture (default: the run's backbone's)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("demo",

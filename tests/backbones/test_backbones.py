@@ -18,7 +18,8 @@ def on_meta(name: str, **kwargs) -> nn.Module:
 
 
 def test_registry_names():
-    expected = {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet", "tiny"}
+    expected = {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mbf", "mbf_large",
+                "mobilefacenet", "tiny"}
     assert set(BACKBONES) == expected
 
 
@@ -206,7 +207,8 @@ def test_neck_dropout_and_fc_bn_validation():
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 @pytest.mark.parametrize("fc_bn", ["insightface", "none", "affine"])
 def test_fc_bn_reaches_every_backbone(name, fc_bn):
-    bn = on_meta(name, fc_bn=fc_bn).features if name == "mobilefacenet" else on_meta(name, fc_bn=fc_bn).neck.features
+    model = on_meta(name, fc_bn=fc_bn)
+    bn = model.features if name in ("mobilefacenet", "mbf", "mbf_large") else model.neck.features
     assert bn.affine == (fc_bn != "none")
     if fc_bn != "none":
         assert bn.weight.requires_grad == (fc_bn == "affine")

@@ -82,3 +82,46 @@ def test_import_onnx_arguments(tmp_path, capsys, argv, match):
     (tmp_path / "a.onnx").write_bytes(b"not onnx")
     assert main(["import", "onnx", str(tmp_path / "a.onnx"), *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_insightface_import_eval_and_export_back(tmp_path, capsys):
+    """An mbf state dict in insightface's names -> facelab import -> eval -> export back: the same
+    tensors, and the eval's embeddings are the network's own."""
+    from facelab.backbones import build_backbone
+    from facelab.eval.embed import embed_images
+    from facelab.interop.insightface import insightface_state
+
+    torch.manual_seed(0)
+    net = build_backbone("mbf").eval()
+    theirs = insightface_state(net.state_dict(), "mbf")  # insightface's names and order
+    torch.save(theirs, tmp_path / "backbone.pth")
+    run = tmp_path / "run"
+    assert main(["import", "insightface", str(tmp_path / "backbone.pth"), "--arch", "mbf",
+                 "--out", str(run)]) == 0
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(40)]
+    write_bin(tmp_path / "v.bin", images, [i % 2 == 0 for i in range(20)])
+    assert main(["eval", str(run), "--pairs", str(tmp_path / "v.bin"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())["pairs"]["v"]
+    loaded, same = load_bin(tmp_path / "v.bin")
+    emb = embed_images(net, loaded)  # the original network, insightface's preprocessing
+    want = verify_pairs(emb[0::2], emb[1::2], same)
+    assert got["fold_accuracies"] == pytest.approx(want["fold_accuracies"])
+    back = tmp_path / "back.pth"
+    assert main(["export", str(run), "--format", "insightface", "--out", str(back)]) == 0
+    again = torch.load(back, weights_only=True)
+    assert list(again) == list(theirs)
+    assert all(torch.equal(again[k], theirs[k]) for k in theirs)
+    assert main(["import", "insightface", str(tmp_path / "backbone.pth"), "--arch", "r50",
+                 "--out", str(tmp_path / "wrong")]) == 2
+    assert "is --arch right?" in capsys.readouterr().err
+
+
+def test_the_cli_lists_every_insightface_arch():
+    from facelab.cli import build_parser
+    from facelab.interop.insightface import ARCHS
+
+    sub = build_parser()._subparsers._group_actions[0].choices["import"]
+    arch = sub._subparsers._group_actions[0].choices["insightface"]._option_string_actions["--arch"]
+    assert arch.help.endswith(", ".join(list(ARCHS)[:-1]) + " or " + list(ARCHS)[-1])

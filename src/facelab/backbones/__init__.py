@@ -22,6 +22,7 @@ from facelab.backbones.iresnet import (
     iresnet100,
     iresnet200,
 )
+from facelab.backbones.mbf import mbf, mbf_large
 from facelab.backbones.mobilefacenet import mobilefacenet
 from facelab.backbones.neck import FC_BN_MODES, Neck
 from facelab.backbones.tiny import tiny
@@ -33,6 +34,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "iresnet50": iresnet50,
     "iresnet100": iresnet100,
     "iresnet200": iresnet200,
+    "mbf": mbf,
+    "mbf_large": mbf_large,
     "mobilefacenet": mobilefacenet,
     "tiny": tiny,
 }
