@@ -277,6 +277,15 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_dlib(a: argparse.Namespace) -> int:
+    from facelab.interop.dlib import import_dlib
+
+    s = import_dlib(a.src, a.out)
+    log.info("%s -> %s: dlib's face-recognition ResNet as facelab dlib_resnet (128-d, 150x150 "
+             "chips)", s.get("source", a.src), a.out)
+    return 0
+
+
 def _cmd_import_insightface(a: argparse.Namespace) -> int:
     from facelab.interop.insightface import import_insightface
 
@@ -565,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("import", help="another tool's model as a facelab model")
     kinds = s.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    k = kinds.add_parser("dlib", help="dlib's face-recognition ResNet "
+                         "(dlib_face_recognition_resnet_model_v1.dat, CC0) as a facelab run folder")
+    k.add_argument("src", type=Path, nargs="?", default=None,
+                   help="the .dat file (default: the one of pip package face-recognition-models)")
+    k.add_argument("--out", type=Path, required=True, help="the run folder to write")
+    k.set_defaults(func=_cmd_import_dlib)
     k = kinds.add_parser("insightface", help="an insightface arcface_torch backbone checkpoint "
                          "(backbone.pth) as a facelab run folder")
     k.add_argument("src", type=Path, help="the .pth file")

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facelab.align import ARCFACE_112, align_face, similarity_transform, template_for
+from facelab.align import ARCFACE_112, TEMPLATES, align_face, similarity_transform, template_for
 from facelab.errors import FacelabError
 
 
@@ -65,6 +65,17 @@ def test_template_96x112_is_shifted():
     pts2, size2 = template_for("arcface112", size=224)
     np.testing.assert_allclose(pts2, ARCFACE_112 * 2)
     assert size2 == (224, 224)
+
+
+def test_template_sizes_are_native():
+    # size is the crop height, relative to each template's own (dlib150: 150, not 112)
+    pts, wh = template_for("dlib150", size=150)
+    assert wh == (150, 150)
+    np.testing.assert_allclose(pts, TEMPLATES["dlib150"][0])
+    pts, wh = template_for("dlib150", size=75)
+    assert wh == (75, 75)
+    np.testing.assert_allclose(pts, TEMPLATES["dlib150"][0] / 2)
+    assert template_for("arcface96x112", size=224)[1] == (192, 224)
 
 
 @pytest.mark.parametrize(

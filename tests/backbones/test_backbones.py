@@ -1,10 +1,12 @@
 """Backbones: registry walk, shapes, MACs against METHODS.md, stage depths, neck BN modes, errors."""
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
-from facelab.backbones import BACKBONES, build_backbone, count_macs
+from facelab.backbones import BACKBONES, build_backbone, count_macs, input_size
 from facelab.backbones.iresnet import IRBlock
 from facelab.backbones.neck import Neck
 from facelab.errors import FacelabError
@@ -19,15 +21,31 @@ def on_meta(name: str, **kwargs) -> nn.Module:
 
 def test_registry_names():
     expected = {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mbf", "mbf_large",
-                "mobilefacenet", "tiny"}
+                "mobilefacenet", "tiny", "dlib_resnet"}
     assert set(BACKBONES) == expected
+
+
+def test_input_sizes():
+    assert {name: input_size(name) for name in BACKBONES if input_size(name) != 112} == {
+        "dlib_resnet": 150}
+    with pytest.raises(FacelabError, match="unknown backbone"):
+        input_size("resnet50")
+
+
+def native(name: str, batch: int = 2) -> tuple[int, int, int, int]:
+    """[B, 3, S, S] input shape of backbone `name` (S: its native input size)."""
+    return (batch, 3, input_size(name), input_size(name))
+
+
+def takes(name: str, argument: str) -> bool:
+    return argument in inspect.signature(BACKBONES[name]).parameters
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 @pytest.mark.parametrize("training", [True, False])
 def test_every_backbone_shape_on_meta(name, training):
     model = on_meta(name, embedding_size=96).train(training)
-    out = model(torch.empty(2, 3, 112, 112, device=META))
+    out = model(torch.empty(native(name), device=META))
     assert out.shape == (2, 96)
 
 
@@ -51,14 +69,21 @@ def test_cpu_forward_backward(name):
     assert not torch.allclose(full[0], full[1])
 
 
-# Forward GMACs at 112x112 (METHODS.md). MobileFaceNet's "0.45" is a FLOP figure: the paper
+# dlib_resnet at 150x150, by hand: conv1 72x72x32x(3x7x7); per residual block two 3x3 convs at
+# 35 (x3, 32 ch), 17 (64), 8 (128), 4 (256), 2 (256) px (a stride-2 block's first conv at the
+# smaller size, its second at the zero-extended larger one); fc 256x128: 270,854,144 MACs.
+DLIB_GMACS = 0.270854144
+
+
+# Forward GMACs at the native input size (112x112, METHODS.md; dlib_resnet 150x150). MobileFaceNet's "0.45" is a FLOP figure: the paper
 # (Chen et al. 2018) gives 221 M MAdds and OpenVINO's model zoo 0.449 GFLOPs = 2 x MACs.
 @pytest.mark.parametrize(
     "name, gmacs",
-    [("iresnet18", 2.6), ("iresnet50", 6.3), ("iresnet100", 12.1), ("mobilefacenet", 0.45 / 2)],
+    [("iresnet18", 2.6), ("iresnet50", 6.3), ("iresnet100", 12.1), ("mobilefacenet", 0.45 / 2),
+     ("dlib_resnet", DLIB_GMACS)],
 )
 def test_macs_match_methods(name, gmacs):
-    assert count_macs(on_meta(name)) / 1e9 == pytest.approx(gmacs, rel=0.05)
+    assert count_macs(on_meta(name), native(name, 1)) / 1e9 == pytest.approx(gmacs, rel=0.05)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +229,7 @@ def test_neck_dropout_and_fc_bn_validation():
         build_backbone("tiny")(torch.zeros(2, 3, 96, 96))
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", sorted(n for n in BACKBONES if takes(n, "fc_bn")))
 @pytest.mark.parametrize("fc_bn", ["insightface", "none", "affine"])
 def test_fc_bn_reaches_every_backbone(name, fc_bn):
     model = on_meta(name, fc_bn=fc_bn)

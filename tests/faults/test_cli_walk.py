@@ -78,6 +78,7 @@ def cases(t) -> dict[tuple[str, ...], list[tuple[list[str], str]]]:
         ("gallery", "list"): [(["gallery", "--gallery", nowhere, "list"], "no gallery there"),
                               (["gallery", "--gallery", str(t / "file"), "list"], "not a gallery")],
         ("gallery", "remove"): [(["gallery", "--gallery", nowhere, "remove", "x"], "no gallery there")],
+        ("import", "dlib"): [(["import", "dlib", nowhere, "--out", str(t / "d")], "missing")],
         ("import", "insightface"): [(["import", "insightface", nowhere, "--arch", "r50", "--out",
                                       str(t / "r")], "missing"),
                                      (["import", "insightface", nowhere, "--arch", "r51", "--out",

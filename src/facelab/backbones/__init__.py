@@ -1,5 +1,9 @@
-"""Backbones: [B, 3, 112, 112] normalised faces ((x/255 - 0.5)/0.5) -> un-normalised
-embeddings [B, d].
+"""Backbones: [B, 3, S, S] normalised faces -> un-normalised embeddings [B, d].
+
+S is 112 and the normalisation (x/255 - 0.5)/0.5 for facelab's own backbones; imported
+architectures keep their native input: `dlib_resnet` takes 150x150 RGB chips normalised as
+dlib does (backbones/dlib_resnet.py, `dlib_preprocess`). `input_size(name)` gives S (from
+INPUT_SIZES, 112 for names not listed).
 
 `BACKBONES` is the registry (name -> factory); `build_backbone` checks the name and keyword
 arguments and turns mistakes into a FacelabError.
@@ -13,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from facelab.backbones.dlib_resnet import INPUT_SIZE as DLIB_INPUT_SIZE
+from facelab.backbones.dlib_resnet import dlib_resnet
 from facelab.backbones.flops import count_macs
 from facelab.backbones.iresnet import (
     IRESNET_LAYERS,
@@ -38,7 +44,18 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "mbf_large": mbf_large,
     "mobilefacenet": mobilefacenet,
     "tiny": tiny,
+    "dlib_resnet": dlib_resnet,
 }
+DEFAULT_INPUT_SIZE = 112
+# native input height = width of the backbones that do not take 112x112 crops
+INPUT_SIZES: dict[str, int] = {"dlib_resnet": DLIB_INPUT_SIZE}
+
+
+def input_size(name: str) -> int:
+    """Input height (= width) backbone `name` is built for; FacelabError for unknown names."""
+    if name not in BACKBONES:
+        raise FacelabError(f"unknown backbone {name!r}; choices: {', '.join(BACKBONES)}")
+    return INPUT_SIZES.get(name, DEFAULT_INPUT_SIZE)
 
 
 def build_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Module:
@@ -66,5 +83,5 @@ def check_backbone(name: str, embedding_size: int = 512, **kwargs: Any) -> None:
                            f"{embedding_size!r}")
 
 
-__all__ = ["BACKBONES", "FC_BN_MODES", "IRESNET_LAYERS", "Neck", "build_backbone", "check_backbone",
-           "count_macs"]
+__all__ = ["BACKBONES", "DEFAULT_INPUT_SIZE", "FC_BN_MODES", "INPUT_SIZES", "IRESNET_LAYERS",
+           "Neck", "build_backbone", "check_backbone", "count_macs", "input_size"]

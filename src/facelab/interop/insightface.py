@@ -36,7 +36,8 @@ import torch
 from facelab.backbones import build_backbone
 from facelab.config import Config, ModelConfig, config_to_dict
 from facelab.errors import FacelabError
-from facelab.io import check_output_folder, remove_stale_temps, write_atomic
+from facelab.interop.folders import check_import_folder
+from facelab.io import check_output_folder, write_atomic
 from facelab.model import (
     CHECKPOINT_NAME,
     build_model,
@@ -291,33 +292,6 @@ def read_insightface(src: Path) -> dict[str, torch.Tensor]:
     return _check_tensors(obj, str(src))
 
 
-def _earlier_import(checkpoint: Path) -> bool:
-    """Whether `checkpoint` is one written by import_insightface."""
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable: not ours to replace
-        return False
-    imported = ckpt.get("imported") if isinstance(ckpt, dict) else None
-    return isinstance(imported, dict) and imported.get("from") == "insightface"
-
-
-def _check_import_folder(out: Path) -> None:
-    """FacelabError unless `out` is new, empty, or holds only an earlier import's checkpoint.pt."""
-    if not out.is_dir():
-        return
-    remove_stale_temps(out)  # a killed earlier import's temporary file
-    entries = sorted(p.name for p in out.iterdir())
-    if not entries or (entries == [CHECKPOINT_NAME] and _earlier_import(out / CHECKPOINT_NAME)):
-        return
-    others = [e for e in entries if e != CHECKPOINT_NAME]
-    if CHECKPOINT_NAME in entries and _earlier_import(out / CHECKPOINT_NAME):
-        raise FacelabError(f"{out}: holds an earlier insightface import and other files "
-                           f"({', '.join(others[:SHOWN])}) that would no longer match it; give a "
-                           "new folder or remove them")
-    raise FacelabError(f"{out}: folder is not empty (and not an earlier insightface import); "
-                       "give a new or empty folder")
-
-
 def import_insightface(src: Path, arch: str, out: Path) -> dict[str, Any]:
     """Turn arcface_torch backbone `src` (`backbone.pth`) of `arch` into facelab run folder `out`.
 
@@ -336,7 +310,7 @@ def import_insightface(src: Path, arch: str, out: Path) -> dict[str, Any]:
     """
     check_arch(arch)
     src, out = Path(src), Path(out)
-    _check_import_folder(out)
+    check_import_folder(out, "insightface")
     check_output_folder(out, "import folder")
     state = facelab_state(read_insightface(src), arch, str(src))
     backbone = ARCHS[arch]
