@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from facelab.align.detect import Face, detect_faces
+from facelab.align.template import template_for
 from facelab.align.warp import align_face
 from facelab.data.transforms import check_preprocess
 from facelab.errors import FacelabError
@@ -102,8 +103,9 @@ class Recognizer:
         dev = torch.device(device or "cpu")
         if dev.type != "cpu" and isinstance(loaded.net, OnnxEmbedder):
             raise FacelabError(f"{model}: an exported ONNX model runs on the CPU only")
-        if dev.type == "cpu":
-            net, used = prepare(loaded.net, precision)
+        if dev.type == "cpu":  # "auto" may export the model: at its own crop size
+            _, (w, h) = template_for(loaded.preprocess["template"], int(loaded.preprocess["size"]))
+            net, used = prepare(loaded.net, precision, input_size=(h, w))
         else:
             net, used = loaded.net.to(dev), "fp32"
         loaded = dataclasses.replace(loaded, net=net)
