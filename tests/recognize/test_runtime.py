@@ -234,3 +234,15 @@ def test_auto_without_bf16_keeps_its_choice(monkeypatch, tmp_path, caplog):
         assert "export refused here" in caplog.text
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_given_digest_keys_the_kept_choice_as_the_weights_do():
+    """The Recognizer hands prepare the digest it already computed: the key is the one the
+    weights themselves give, so nothing is hashed twice and nothing kept is missed."""
+    from facelab.model import weights_digest
+    from facelab.recognize import runtime_cache
+
+    model = _net("tiny")
+    digest = weights_digest(model.state_dict())
+    assert (runtime_cache.cache_key(model, (112, 112), digest)
+            == runtime_cache.cache_key(model, (112, 112)))

@@ -105,7 +105,8 @@ class Recognizer:
             raise FacelabError(f"{model}: an exported ONNX model runs on the CPU only")
         if dev.type == "cpu":  # "auto" may export the model: at its own crop size
             _, (w, h) = template_for(loaded.preprocess["template"], int(loaded.preprocess["size"]))
-            net, used = prepare(loaded.net, precision, input_size=(h, w))
+            net, used = prepare(loaded.net, precision, input_size=(h, w),
+                                digest=loaded.fingerprint["weights_sha256"])
         else:
             net, used = loaded.net.to(dev), "fp32"
         loaded = dataclasses.replace(loaded, net=net)

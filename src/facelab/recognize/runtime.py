@@ -281,7 +281,8 @@ def _median_seconds(paths: dict[str, Callable], x: torch.Tensor, rounds: int) ->
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _fastest_fp32(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, str]:
+def _fastest_fp32(model: nn.Module, input_size: tuple[int, int],
+                  digest: str | None) -> tuple[nn.Module, str]:
     """torch "fp32" or the onnxruntime export, whichever embeds a probe batch faster here; the
     choice (and the export) kept for the next load (facelab.recognize.runtime_cache). The
     onnxruntime session returned does not spin: a detector runs between its calls."""
@@ -289,7 +290,7 @@ def _fastest_fp32(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Mod
     if not onnx_installed():
         log.info("auto: no native bf16; onnxruntime/onnx/onnxscript not installed: torch fp32")
         return torch_path, FP32
-    key = runtime_cache.cache_key(model, input_size)
+    key = runtime_cache.cache_key(model, input_size, digest)
     kept = runtime_cache.read(key)
     if kept is not None and kept[0] in (FP32, ONNXRUNTIME_FP32):
         choice, data = kept
@@ -321,8 +322,8 @@ def _fastest_fp32(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Mod
     return onnx_embedder(model, input_size, data=data, spin=False), ONNXRUNTIME_FP32
 
 
-def prepare(model: nn.Module, precision: str = "auto",
-            input_size: tuple[int, int] = (112, 112)) -> tuple[nn.Module, str]:
+def prepare(model: nn.Module, precision: str = "auto", input_size: tuple[int, int] = (112, 112),
+            digest: str | None = None) -> tuple[nn.Module, str]:
     """(module, precision used) for embedding on the CPU with `model`, an embedding network mapping
     preprocessed crops float32 [B, 3, H, W] to raw embeddings [B, d].
 
@@ -331,7 +332,8 @@ def prepare(model: nn.Module, precision: str = "auto",
     precision used is "bf16", "fp32" or "onnxruntime-fp32". An OnnxEmbedder (an exported model)
     passes through unchanged as "onnxruntime-fp32" ("bf16" is refused for it: onnxruntime runs
     the export in float32). input_size: (H, W) of the crops, used only by "auto" without native
-    bf16, to export the model and time the two float32 paths.
+    bf16, to export the model and time the two float32 paths. digest: facelab.model.weights_digest
+    of `model`'s weights when the caller already has it (the key of the kept choice).
 
     `model` itself is not modified (the module returned holds a deep copy, on the CPU). Process
     wide, denormal floats are flushed to zero from here on (torch.set_flush_denormal): on x86 an
@@ -358,5 +360,5 @@ def prepare(model: nn.Module, precision: str = "auto",
         if native_bf16():
             precision = BF16
         else:
-            return _fastest_fp32(model, input_size)
+            return _fastest_fp32(model, input_size, digest)
     return _copy_for_cpu(model, precision), precision

@@ -44,15 +44,17 @@ def _cpu() -> str:
     return "\n".join(sorted(set(wanted)))
 
 
-def cache_key(model: nn.Module, input_size: tuple[int, int]) -> str:
-    """The key of `model`'s record on this machine (module docstring)."""
+def cache_key(model: nn.Module, input_size: tuple[int, int], digest: str | None = None) -> str:
+    """The key of `model`'s record on this machine (module docstring); digest: the weights'
+    weights_digest when the caller has it (hashing iresnet50's weights takes a fraction of a
+    second), else computed here."""
     try:
         ort = importlib.metadata.version("onnxruntime")
     except importlib.metadata.PackageNotFoundError:
         ort = "none"
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    parts = [weights_digest(model.state_dict()), str(tuple(input_size)), torch.__version__, ort,
-             _cpu(), capability, os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+    parts = [digest or weights_digest(model.state_dict()), str(tuple(input_size)),
+             torch.__version__, ort, _cpu(), capability, os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
              os.environ.get("DNNL_MAX_CPU_ISA", ""), str(torch.get_num_threads())]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
