@@ -101,10 +101,6 @@ def test_every_registered_margin_softmax_runs_over_the_kept_columns(margin, p):
     out = head(x, labels)
     grads = torch.autograd.grad(out["loss"], [x, *params])
 
-    torch.manual_seed(11)
-    c = ref.classifier(x, labels)
-    z = ref.margin(c)  # the margin's logits [12, 10], no mask
-    assert z.dtype == torch.float64
     own = [[j for j in range(10) if dataset_by_loop(j) == dataset_by_loop(y)] for y in labels.tolist()]
     if p == 0.0:
         kept = own
@@ -116,6 +112,12 @@ def test_every_registered_margin_softmax_runs_over_the_kept_columns(margin, p):
         assert all(set(o) <= set(k) for o, k in zip(own, kept, strict=True))
         extra = sum(len(k) - len(o) for o, k in zip(own, kept, strict=True))
         assert 0 < extra < sum(10 - len(o) for o in own)  # some other-dataset columns drawn, not all
+    kept_mask = torch.tensor([[j in kept[i] for j in range(10)] for i in range(12)])  # [12, 10]
+    torch.manual_seed(11)
+    # the margin's logits [12, 10], no mask; it is told the kept columns (AdaCos's scale reads them)
+    c = ref.classifier(x, labels)._replace(keep=kept_mask)
+    z = ref.margin(c)
+    assert z.dtype == torch.float64
     ce = torch.stack([
         -torch.log(torch.exp(z[i, y]) / torch.exp(z[i, kept[i]]).sum()) for i, y in enumerate(labels.tolist())
     ]).mean()
@@ -134,6 +136,31 @@ def test_every_registered_margin_softmax_runs_over_the_kept_columns(margin, p):
         torch.testing.assert_close(b, b_ref, rtol=0, atol=0, msg=f"buffer {name}")  # both saw the same state
     if p == 0.0:  # the other datasets' columns pushed the sample away before the mask
         assert torch.nn.functional.cross_entropy(z, c.labels).item() > ce.item() + 1e-6
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_adacos_dynamic_scale_counts_only_the_kept_classes(p):
+    """DAIL + AdaCos: the dynamic scale's B_avg = mean_i Σ_{k ≠ y_i, k kept for i} e^{s·cos θ_ik}
+    (the sample's own softmax), by a loop over samples and columns; counting every class instead
+    gives a larger scale."""
+    head, x, labels = registry_setup("adacos", p)
+    s0 = float(head.margin.scale)
+    mask = head.dataset_mask
+    keep = mask.keep(labels, torch.arange(10))  # [12, 10], the same draw the head takes
+    with torch.no_grad():
+        cos = head.classifier(x, labels).cos  # [12, 10]
+    total, theta = 0.0, []
+    for i, y in enumerate(labels.tolist()):
+        theta.append(math.acos(float(cos[i, y])))
+        total += sum(math.exp(s0 * float(cos[i, k])) for k in range(10) if k != y and keep[i, k])
+    med = sorted(theta)[(len(theta) - 1) // 2]  # torch.median: the lower middle value
+    expected = math.log(total / 12) / math.cos(min(math.pi / 4, med))
+    everything = sum(math.exp(s0 * float(cos[i, k])) for i, y in enumerate(labels.tolist())
+                     for k in range(10) if k != y)
+    unmasked = math.log(everything / 12) / math.cos(min(math.pi / 4, med))
+    head(x, labels)
+    assert float(head.margin.scale) == pytest.approx(expected, rel=1e-9)
+    assert unmasked > expected + 1e-3
 
 
 def test_dropout_draw_rate_seed_and_step():

@@ -188,7 +188,12 @@ def test_arcface_straight_through_values_of_arcface_gradients_of_normface():
     st_logit, st_grad = target_curve(build_margin("arcface", s=32.0, straight_through=True), thetas)
     arc_logit, arc_grad = target_curve(build_margin("arcface", s=32.0), thetas)
     _, norm_grad = target_curve(build_margin("normface", s=32.0), thetas)
-    torch.testing.assert_close(st_logit, arc_logit, rtol=1e-12, atol=1e-12)
+    inner = slice(1, -1)  # |cos θ| = 1 exactly at both ends: only the clamp convention differs
+    torch.testing.assert_close(st_logit[inner], arc_logit[inner], rtol=1e-12, atol=1e-12)
+    # θ = 0: the straight-through value is exact (acos(1) = 0), the clamped one within
+    # s·sqrt(2e-7)·sin m
+    assert st_logit[0].item() == pytest.approx(32.0 * math.cos(0.5), abs=1e-12)
+    assert abs(arc_logit[0].item() - st_logit[0].item()) < 32.0 * math.sqrt(2e-7) * math.sin(0.5)
     torch.testing.assert_close(st_grad, norm_grad, rtol=0, atol=0)
     torch.testing.assert_close(st_grad, torch.full_like(st_grad, 32.0))
     assert not torch.allclose(arc_grad, norm_grad)

@@ -80,11 +80,12 @@ def ref_cosface(c, ops, s, m):
     return s * (c - m)
 
 
-def ref_arcface(c, ops, s, m, easy_margin, straight_through):
-    theta = ops.acos(clamp(c))
+def ref_arcface(c, ops, s, m, easy_margin, straight_through, fallback):
+    # the straight-through value is cos(acos(c) + m) unclamped, as insightface (exact at |c| = 1)
+    theta = ops.acos(c if straight_through else clamp(c))
     if easy_margin:
         value = ops.cos(theta + m) if c > 0 else c
-    elif theta + m <= math.pi:
+    elif theta + m <= math.pi or not fallback:
         value = ops.cos(theta + m)
     else:
         value = c - m * math.sin(m)
@@ -101,9 +102,9 @@ def ref_sphereface(c, ops, s, m1):
     return s * ((-1) ** k * ops.cos(m1 * theta) - 2 * k)
 
 
-def ref_combined(c, ops, s, m1, m2, m3):
+def ref_combined(c, ops, s, m1, m2, m3, fallback):
     theta = ops.acos(clamp(c))
-    if m1 * theta + m2 <= math.pi:
+    if m1 * theta + m2 <= math.pi or not fallback:
         return s * (ops.cos(m1 * theta + m2) - m3)
     phi = math.pi - (math.pi - m2) / m1  # documented fallback: generalised ArcFace th/mm
     mm = max(phi * math.sin(phi), 1 - math.cos(phi))
@@ -122,13 +123,15 @@ TARGET_REFERENCE = {
     "cosface": (ref_cosface, {"s": 64.0, "m": 0.35}, [{}, {"m": 0.2, "s": 30.0}]),
     "arcface": (
         ref_arcface,
-        {"s": 64.0, "m": 0.5, "easy_margin": False, "straight_through": False},
-        [{}, {"m": 0.3, "s": 30.0}, {"easy_margin": True}, {"straight_through": True}],
+        {"s": 64.0, "m": 0.5, "easy_margin": False, "straight_through": False, "fallback": True},
+        [{}, {"m": 0.3, "s": 30.0}, {"easy_margin": True}, {"straight_through": True},
+         {"fallback": False}, {"straight_through": True, "fallback": False, "m": 1.2}],
     ),
     "combined": (
         ref_combined,
-        {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
-        [{}, {"m1": 1.35}, {"m1": 2.0, "m2": 0.5, "m3": 0.1}, {"m1": 1.0, "m2": 0.5, "m3": 0.0}],
+        {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2, "fallback": True},
+        [{}, {"m1": 1.35}, {"m1": 2.0, "m2": 0.5, "m3": 0.1}, {"m1": 1.0, "m2": 0.5, "m3": 0.0},
+         {"m1": 1.35, "fallback": False}, {"m2": 0.5, "fallback": False}],
     ),
 }
 
@@ -153,15 +156,15 @@ def reference_logits(name, params, cos, labels, ops):
 # --- margins that read more than the target cosine ---
 
 
-def arc(c, m, ops, easy_margin=False):
-    """ArcFace target cos(θ + m) with the th/mm fallback, or easy margin.
+def arc(c, m, ops, easy_margin=False, fallback=True):
+    """ArcFace target cos(θ + m) with the th/mm fallback (unless fallback is False), or easy margin.
 
     m is a float or a 0-d tensor.
     """
     theta = ops.acos(clamp(c))
     if easy_margin:
         return ops.cos(theta + m) if c > 0 else c
-    if theta + m <= math.pi:
+    if theta + m <= math.pi or not fallback:
         return ops.cos(theta + m)
     return c - m * ops.sin(m)
 
@@ -176,7 +179,7 @@ def ref_adacos(row, y, tc, ctx, ops, num_classes, mode):
 
 
 def ref_adam_softmax(row, y, tc, ctx, ops, s, lam):
-    m_y = min(max(ctx.margins[y], 0.0), 1.0) if y >= 0 else None
+    m_y = ctx.margins[y] if y >= 0 else None  # as stored: bounds are kept after each step
     return with_target(row, y, s * (tc - m_y) if y >= 0 else None, lambda c: s * c)
 
 
@@ -195,30 +198,32 @@ def ref_mv_am(row, y, tc, ctx, ops, s, m, t, mode, easy_margin):
     return ref_mv(row, y, tc, ops, s, t, mode, f=tc - m, target=target)
 
 
-def ref_mv_arc(row, y, tc, ctx, ops, s, m, t, mode, easy_margin):
+def ref_mv_arc(row, y, tc, ctx, ops, s, m, t, mode, easy_margin, fallback):
     f = ops.cos(ops.acos(clamp(tc)) + m)  # margined target before the fallback / easy-margin switch
-    return ref_mv(row, y, tc, ops, s, t, mode, f=f, target=arc(tc, m, ops, easy_margin))
+    target = arc(tc, m, ops, easy_margin, fallback)
+    return ref_mv(row, y, tc, ops, s, t, mode, f=f, target=target)
 
 
-def ref_curricularface(row, y, tc, ctx, ops, s, m):
+def ref_curricularface(row, y, tc, ctx, ops, s, m, fallback):
     t = ctx.state["t"]
     f = ops.cos(ops.acos(clamp(tc)) + m)  # hard-negative threshold, before the fallback
-    return with_target(row, y, s * arc(tc, m, ops), lambda c: s * c * (t + c) if c > f else s * c)
+    target = s * arc(tc, m, ops, fallback=fallback)
+    return with_target(row, y, target, lambda c: s * c * (t + c) if c > f else s * c)
 
 
-def ref_subcenter_arcface(row, y, tc, ctx, ops, s, m, easy_margin, straight_through):
-    target = ref_arcface(tc, ops, s, m, easy_margin, straight_through)
+def ref_subcenter_arcface(row, y, tc, ctx, ops, s, m, easy_margin, straight_through, fallback):
+    target = ref_arcface(tc, ops, s, m, easy_margin, straight_through, fallback)
     return with_target(row, y, target, lambda c: s * c)
 
 
-def ref_magface(row, y, tc, ctx, ops, s, l_a, u_a, l_m, u_m, lambda_g, easy_margin):
+def ref_magface(row, y, tc, ctx, ops, s, l_a, u_a, l_m, u_m, lambda_g, easy_margin, fallback):
     a = min(max(ctx.norm, l_a), u_a)
     m = (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
-    return with_target(row, y, s * arc(tc, m, ops, easy_margin), lambda c: s * c)
+    return with_target(row, y, s * arc(tc, m, ops, easy_margin, fallback), lambda c: s * c)
 
 
-def ref_elasticface_arc(row, y, tc, ctx, ops, s, m, sigma, plus):
-    return with_target(row, y, s * arc(tc, ctx.draw, ops), lambda c: s * c)
+def ref_elasticface_arc(row, y, tc, ctx, ops, s, m, sigma, plus, fallback):
+    return with_target(row, y, s * arc(tc, ctx.draw, ops, fallback=fallback), lambda c: s * c)
 
 
 def ref_elasticface_cos(row, y, tc, ctx, ops, s, m, sigma, plus):
@@ -229,25 +234,28 @@ def ref_adaface(row, y, tc, ctx, ops, s, m, h, alpha, eps):
     norm = ctx.norm.item() if isinstance(ctx.norm, torch.Tensor) else ctx.norm  # detached
     a = min(max(norm, 0.001), 100.0)  # clipped as the official code
     z = min(max(h * (a - ctx.state["mu"]) / (ctx.state["sigma"] + eps), -1.0), 1.0)
-    theta = min(max(ops.acos(clamp(tc)) - m * z, eps), math.pi - eps)
-    return with_target(row, y, s * (ops.cos(theta) - (m + m * z)), lambda c: s * c)
+
+    def bounded(c):  # every cosine clamped to [-1 + eps, 1 - eps] first, as the official code
+        return min(max(c, -1.0 + eps), 1.0 - eps)
+
+    theta = min(max(ops.acos(clamp(bounded(tc))) - m * z, eps), math.pi - eps)
+    return with_target(row, y, s * (ops.cos(theta) - (m + m * z)), lambda c: s * bounded(c))
 
 
 def reg_adam_softmax(norms, margins, s, lam):
-    ms = [min(max(margins[k], 0.0), 1.0) for k in range(len(margins))]
-    return lam * (1 - sum(ms) / len(ms))
+    return lam * (1 - sum(margins) / len(margins))
 
 
-def reg_magface(norms, margins, s, l_a, u_a, l_m, u_m, lambda_g, easy_margin):
+def reg_magface(norms, margins, s, l_a, u_a, l_m, u_m, lambda_g, easy_margin, fallback):
     a = [min(max(norms[i], l_a), u_a) for i in range(len(norms))]
     return lambda_g * sum(1 / v + v / u_a**2 for v in a) / len(a)
 
 
 REGULARISERS = {"adam_softmax": reg_adam_softmax, "magface": reg_magface}
 
-ARC = {"s": 64.0, "m": 0.5, "easy_margin": False, "straight_through": False}
+ARC = {"s": 64.0, "m": 0.5, "easy_margin": False, "straight_through": False, "fallback": True}
 MAG = {"s": 64.0, "l_a": 10.0, "u_a": 110.0, "l_m": 0.45, "u_m": 0.8, "lambda_g": 35.0,
-       "easy_margin": True}
+       "easy_margin": True, "fallback": True}
 # name -> (row reference, METHODS.md defaults (None: resolved by the head, tested apart),
 #          configurations)
 CONTEXT_REFERENCE = {
@@ -270,24 +278,32 @@ CONTEXT_REFERENCE = {
     ),
     "mv_arc": (
         ref_mv_arc,
-        {"s": 32.0, "m": 0.5, "t": 0.2, "mode": "adaptive", "easy_margin": False},
-        [{}, {"mode": "fixed"}, {"easy_margin": True}, {"m": 1.2, "t": 0.4}],
+        {"s": 32.0, "m": 0.5, "t": 0.2, "mode": "adaptive", "easy_margin": False,
+         "fallback": True},
+        [{}, {"mode": "fixed"}, {"easy_margin": True}, {"m": 1.2, "t": 0.4},
+         {"m": 1.2, "fallback": False}],
     ),
-    "curricularface": (ref_curricularface, {"s": 64.0, "m": 0.5}, [{}, {"s": 30.0, "m": 1.0}]),
+    "curricularface": (
+        ref_curricularface,
+        {"s": 64.0, "m": 0.5, "fallback": True},
+        [{}, {"s": 30.0, "m": 1.0}, {"m": 1.0, "fallback": False}],
+    ),
     "subcenter_arcface": (
         ref_subcenter_arcface,
         ARC,
-        [{}, {"m": 0.3, "s": 30.0}, {"easy_margin": True}],
+        [{}, {"m": 0.3, "s": 30.0}, {"easy_margin": True}, {"fallback": False}],
     ),
     "magface": (
         ref_magface,
         MAG,
-        [{}, {"easy_margin": False}, {"u_m": 1.5, "lambda_g": 70.0, "easy_margin": False}],
+        [{}, {"easy_margin": False}, {"u_m": 1.5, "lambda_g": 70.0, "easy_margin": False},
+         {"u_m": 1.5, "lambda_g": 70.0, "easy_margin": False, "fallback": False}],
     ),
     "elasticface_arc": (
         ref_elasticface_arc,
-        {"s": 64.0, "m": 0.5, "sigma": None, "plus": False},
-        [{}, {"plus": True}, {"sigma": 0.3, "plus": True}, {"sigma": 0.3}, {"sigma": 0.0}],
+        {"s": 64.0, "m": 0.5, "sigma": None, "plus": False, "fallback": True},
+        [{}, {"plus": True}, {"sigma": 0.3, "plus": True}, {"sigma": 0.3}, {"sigma": 0.0},
+         {"sigma": 0.3, "fallback": False}],
     ),
     "elasticface_cos": (
         ref_elasticface_cos,

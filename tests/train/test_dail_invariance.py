@@ -26,7 +26,8 @@ def test_lambda_schedule():
     assert grl_lambda(100, 1.0, 100, start=100) == 0.0  # p = 0
     assert grl_lambda(150, 1.0, 100, start=100) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
     assert grl_lambda(10_000, 0.5, 100, start=100) == pytest.approx(0.5 * (2 / (1 + math.exp(-10)) - 1))
-    assert grl_lambda(3, 0.5, 0) == pytest.approx(0.5 * (2 / (1 + math.exp(-10)) - 1))
+    assert grl_lambda(3, 0.5, 0) == 0.5  # no warm-up: λ itself, not the ramp's 0.99991·λ
+    assert grl_lambda(3, 0.5, 0, start=4) == 0.0
 
 
 def grads(step, adversarial_from):

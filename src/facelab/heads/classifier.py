@@ -133,6 +133,13 @@ class Classifier(nn.Module):
             )
         self.hard_prototypes = hard_prototypes
 
+    @torch.no_grad()
+    def clamp_margins_(self, low: float, high: float) -> None:
+        """Projects the stored per-class margins onto [low, high], in place: called after an
+        optimiser step (projected gradient descent), never inside a forward."""
+        if self.class_margins is not None:
+            self.class_margins.clamp_(low, high)
+
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, "

@@ -26,6 +26,10 @@ class Cosines(NamedTuple):
     columns:    [U] class id of each column of `cos` when the classifier selected columns (Hard
                 Prototype Mining, Partial FC); None when the columns are this rank's classes in
                 order.
+    keep:       [B, C_local] bool, the columns that enter each sample's softmax under DAIL's
+                dataset-aware softmax (facelab.heads.dataset_mask), or None when every column does.
+                A margin that takes a statistic over the softmax's classes (AdaCos) reads it; the
+                head masks the other columns after the margin.
     """
 
     cos: Tensor
@@ -35,6 +39,7 @@ class Cosines(NamedTuple):
     class_margins: Tensor | None = None
     world_size: int = 1
     columns: Tensor | None = None
+    keep: Tensor | None = None
 
     def sum_over_classes(self, t: Tensor) -> Tensor:
         """`t`, a sum over this rank's columns, summed over the columns of every rank

@@ -9,7 +9,7 @@ from facelab.distributed.ops import replicated_loss
 from facelab.errors import FacelabError
 from facelab.heads.classifier import Classifier
 from facelab.heads.cross_entropy import correct, cross_entropy
-from facelab.heads.dataset_mask import DatasetMask
+from facelab.heads.dataset_mask import MASKED, DatasetMask
 from facelab.heads.margins import MARGINS, build_margin, margin_parameters
 from facelab.heads.margins.base import Margin
 
@@ -53,6 +53,13 @@ class FaceHead(nn.Module):
         if self.dataset_mask is not None:
             self.dataset_mask.set_step(step)
 
+    def after_step(self) -> None:
+        """After each optimiser step: keeps the margin's stored per-class margins in its bounds
+        (AdaM-Softmax)."""
+        bounds = self.margin.class_margin_bounds
+        if bounds is not None:
+            self.classifier.clamp_margins_(*bounds)
+
     def forward_with_logits(self, embeddings: Tensor, labels: Tensor) -> HeadOutput:
         """embeddings [B, d] and global labels [B] -> HeadOutput."""
         c = self.classifier(embeddings, labels)
@@ -60,11 +67,15 @@ class FaceHead(nn.Module):
         columns = c.columns
         if columns is None:
             columns = torch.arange(clf.start, clf.end, device=clf.weight.device)  # [C_local]
+        keep = None
+        if self.dataset_mask is not None:  # DAIL: other datasets' columns leave the softmax
+            keep = self.dataset_mask.keep(labels, columns.to(labels.device))  # [B, U]
+            c = c._replace(keep=keep)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             logits = self.margin(c)
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [B, U]
-            if self.dataset_mask is not None:  # DAIL: other datasets' columns leave the softmax
-                logits = self.dataset_mask(logits, labels, columns)
+            if keep is not None:
+                logits = logits.masked_fill(~keep, MASKED)
             ce = cross_entropy(logits, c.labels, clf.world_size)
             losses = {"loss": ce, "ce": ce}
             reg = self.margin.regularizer(c)

@@ -46,10 +46,13 @@ def grad_reverse(x: Tensor, lam: float) -> Tensor:
 
 def grl_lambda(step: int, lam: float, warmup: int, start: int = 0) -> float:
     """λ at `step`: 0 before `start`, then DANN's ramp 2/(1+e^{-10p})-1 over `warmup` steps, times
-    `lam`."""
+    `lam` (Ganin et al. 2016, Sec. 5.2.2); `warmup` 0: `lam` from `start` on, with no ramp (the
+    ramp at p = 1 is 0.99991, not 1)."""
     if step < start:
         return 0.0
-    p = 1.0 if warmup == 0 else min(1.0, (step - start) / warmup)
+    if warmup == 0:
+        return lam
+    p = min(1.0, (step - start) / warmup)
     return lam * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
 
 

@@ -285,6 +285,7 @@ def _step(run: _Run, batch: list, per_epoch: int) -> tuple[dict[str, torch.Tenso
         dist_env.clip_grad_norm(task.parameters(), cfg.train.clip_grad_norm, classifier)
     scaler.step(optimizer)
     scaler.update()
+    task.after_step()
     state.scheduler.step()
     return out.losses, len(labels) * run.env.world_size
 

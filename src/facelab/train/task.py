@@ -83,6 +83,12 @@ class FaceTask(nn.Module):
         for objective in self.objectives.values():
             objective.set_step(step)
 
+    def after_step(self) -> None:
+        """After each optimiser step: projections of stored values onto their bounds (AdaM-Softmax
+        margins in [0, 1])."""
+        if self.head is not None:
+            self.head.after_step()
+
     def forward(self, images: Tensor, labels: Tensor, **extras: Tensor) -> TaskOutput:
         embeddings = self.train_backbone(to_input(images, self.preprocess))  # [B, d]
         if self.head is None:  # objective: pairs, the objectives' terms are the whole loss

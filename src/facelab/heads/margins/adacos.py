@@ -32,7 +32,9 @@ class AdaCos(Margin):
         s ← ln(B_avg) / cos(min(π/4, θ_med))
     s is the buffer `scale`, saved in the state dict; eval mode uses it unchanged. B_avg sums over
     the columns of every rank (`Cosines.sum_over_classes`); under Partial FC over the sampled ones
-    only.
+    only; under DAIL's dataset-aware softmax over the columns of each sample's own softmax
+    (`Cosines.keep`: its dataset's classes and the crossing-dropout draws), so that other datasets'
+    classes, which never enter its loss, do not inflate the scale.
     """
 
     name = "adacos"
@@ -62,6 +64,8 @@ class AdaCos(Margin):
         cos = c.cos.detach()  # [B, C]
         cols = torch.arange(cos.shape[1], device=cos.device)
         others = c.labels[:, None] != cols[None, :]  # [B, C], k != y_i
+        if c.keep is not None:  # DAIL: only the classes of the sample's own softmax
+            others = others & c.keep
         # Σ_i Σ_{k≠y_i} exp(s·cos θ_ik), shifted by s (cos <= 1: no overflow), summed over
         # every rank's classes
         scale = self.scale.to(cos.dtype)

@@ -21,9 +21,11 @@ class AdaFace(Margin):
     forward first updates them, μ ← α·mean(a) + (1-α)·μ, σ ← α·std(a) + (1-α)·σ
     (unbiased std; skipped for a batch of one sample, whose std is undefined), then uses them; eval
     mode uses them unchanged.
-    The clip of |x| to [0.001, 100] follows the official code (METHODS.md omits it).
-    h = 0 gives z = 0: CosFace(m) for θ_y in [ε, π - ε] (outside, the clip moves the angle by at
-    most ε).
+    The clip of |x| to [0.001, 100] follows the official code (METHODS.md omits it), and so does
+    the clamp of every cosine, target and non-target, to [-1 + ε, 1 - ε] before the margin (the
+    official code's "for stability" clamp; no gradient flows past it).
+    h = 0 gives z = 0: CosFace(m) where |cos θ_y| <= 1 - ε (outside, the cosine clamp moves the
+    logit by at most ε·s).
     The quality score of an embedding is a = |x|
     (`facelab.eval.protocols.quality.feature_norm_quality`).
     """
@@ -61,6 +63,9 @@ class AdaFace(Margin):
             self.update(a)
         mu, sigma = self.mu.to(a.dtype), self.sigma.to(a.dtype)
         z = (self.h * (a - mu) / (sigma + self.eps)).clamp(-1.0, 1.0).to(c.target_cos.dtype)  # [B]
-        theta = (safe_acos(c.target_cos) - self.m * z).clamp(self.eps, math.pi - self.eps)  # [B]
+        bound = 1.0 - self.eps
+        cos = c.cos.clamp(-bound, bound)  # [B, C]
+        target_cos = c.target_cos.clamp(-bound, bound)  # [B]
+        theta = (safe_acos(target_cos) - self.m * z).clamp(self.eps, math.pi - self.eps)  # [B]
         target = torch.cos(theta) - (self.m + self.m * z)  # [B]
-        return self.s * replace_target(c.cos, c.labels, target)  # [B, C]
+        return self.s * replace_target(cos, c.labels, target)  # [B, C]

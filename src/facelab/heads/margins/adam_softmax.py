@@ -16,8 +16,11 @@ class AdaMSoftmax(Margin):
     The margins are per-class state, so they live in the classifier (sharded and sampled with the
     class centres, init U(0.3, 0.4), 1-D so without weight decay) and arrive as
     `Cosines.class_margins` [C_local]; `build_head` asks the classifier for them through
-    `class_margin_init`. Both the target and the regulariser use them clamped to [0, 1] (a margin
-    outside gets no gradient from either term). The mean runs over the classes of this step's
+    `class_margin_init`. Both the target and the regulariser use the stored margins as they are;
+    `FaceHead.after_step` clamps the stored values to [0, 1] after every optimiser step
+    (`class_margin_bounds`, as FaceX-Zoo clamps its stored margins). A clamp inside the forward
+    instead would give a margin past a bound zero gradient from both terms: it could never come
+    back. The mean runs over the classes of this step's
     softmax on every rank (`Cosines.sum_over_classes`): all classes, unless Partial FC samples them.
     The paper's other two parts are options outside this margin: Hard Prototype Mining (Sec. 3.2) is
     the classifier's `hard_prototypes=k` (facelab.heads.classifier, config `head.hard_prototypes`),
@@ -27,6 +30,7 @@ class AdaMSoftmax(Margin):
 
     name = "adam_softmax"
     class_margin_init = (0.3, 0.4)
+    class_margin_bounds = (0.0, 1.0)
 
     def __init__(self, s: float = 32.0, lam: float = 70.0) -> None:
         super().__init__()
@@ -34,14 +38,14 @@ class AdaMSoftmax(Margin):
         self.lam = self.real("lam", lam, 0.0)
 
     def margins(self, c: Cosines) -> Tensor:
-        """Per-class margins [C_local] clamped to [0, 1]."""
+        """Per-class margins [C_local], as stored (kept in [0, 1] after each step)."""
         m = c.class_margins
         if m is None or m.shape != c.cos.shape[1:]:
             got = None if m is None else tuple(m.shape)
             raise self.error(
                 "class_margins", got, f"needs per-class margins of shape [{c.cos.shape[1]}]"
             )
-        return m.clamp(0.0, 1.0)
+        return m
 
     def forward(self, c: Cosines) -> Tensor:
         # [B]; rows with label -1 are not replaced

@@ -37,16 +37,31 @@ def cos_add(cos: Tensor, m: float | Tensor) -> Tensor:
     return cos * math.cos(m) - sin * math.sin(m)
 
 
-def arc_target(cos: Tensor, m: float | Tensor, easy_margin: bool = False) -> Tensor:
+def arc_target(
+    cos: Tensor,
+    m: float | Tensor,
+    easy_margin: bool = False,
+    fallback: bool = True,
+    value_only: bool = False,
+) -> Tensor:
     """ArcFace's target cos(θ + m) [B] with its fallback, for one margin or one per sample [B].
 
     Where θ + m > π (cos θ <= cos(π - m), m > 0) the value is `cos θ - m·sin m` (the original
-    `th`/`mm`), monotone in θ; `easy_margin`: the margin applies only where cos θ > 0, plain
-    cos θ elsewhere.
+    `th`/`mm`), monotone in θ; `fallback=False`: cos(θ + m) everywhere, which turns back up past
+    π (insightface's current heads, the official ElasticFace and MV-Softmax code); `easy_margin`:
+    the margin applies only where cos θ > 0, plain cos θ elsewhere (no fallback needed).
+    `value_only`: cos(acos(cos) + m) unclamped, exact at |cos θ| = 1 (as insightface computes it)
+    but with an infinite derivative there: for values whose gradient is taken elsewhere
+    (straight-through heads).
     """
-    margined = cos_add(cos, m)  # [B]
+    if value_only:
+        margined = torch.cos(torch.acos(cos.clamp(-1.0, 1.0)) + m)  # [B]
+    else:
+        margined = cos_add(cos, m)  # [B]
     if easy_margin:
         return torch.where(cos > 0, margined, cos)
+    if not fallback:
+        return margined
     if isinstance(m, Tensor):
         # m <= 0: never past π
         th = torch.where(m > 0, torch.cos(math.pi - m), torch.full_like(m, -2.0))
@@ -83,7 +98,8 @@ class Margin(nn.Module):
     override `forward` when more than the target column changes. `normalized = False` asks the
     classifier for raw logits W·x + b instead of cosines (only the plain `softmax` baseline).
     `sub_centers` and `class_margin_init` tell the head builder what classifier the margin expects
-    (Sub-center ArcFace: K = 3; AdaM-Softmax: per-class margins init U(0.3, 0.4)).
+    (Sub-center ArcFace: K = 3; AdaM-Softmax: per-class margins init U(0.3, 0.4), kept in
+    `class_margin_bounds` by `FaceHead.after_step`).
     """
 
     name: str = ""
@@ -93,6 +109,8 @@ class Margin(nn.Module):
     sub_centers: int = 1
     # (low, high): the classifier keeps per-class margins
     class_margin_init: tuple[float, float] | None = None
+    # (low, high): the stored per-class margins are clamped to it after every optimiser step
+    class_margin_bounds: tuple[float, float] | None = None
 
     def target(self, target_cos: Tensor) -> Tensor:
         """Margined target cosine [B] from cos(theta_y) [B], before the scale `s`."""

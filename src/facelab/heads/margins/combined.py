@@ -19,17 +19,29 @@ class Combined(Margin):
     θ_t), `mm = max(φ·sin φ, 1 - cos φ)`: φ·sin φ is ArcFace's `m·sin m` (φ = m2 when
     m1 = 1, so combined(1, m, 0) = arcface(m) everywhere), and the lower bound 1 - cos φ guarantees
     the fallback starts at or below the value -1 - m3 reached at θ_t, so the logit is monotone
-    decreasing in θ_y on [0, π] for every m1 >= 1.
+    decreasing in θ_y on [0, π] for every m1 >= 1. `fallback=False`: cos(m1·θ_y + m2) - m3
+    everywhere, the equation as written (no official code has m1 > 1 with a fallback).
+
+    insightface's `CombinedMarginLoss` differs: with m3 > 0 it computes CosFace(m3) and ignores
+    m1 and m2; this head honours all three (README, "facelab vs insightface").
     """
 
     name = "combined"
 
-    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2) -> None:
+    def __init__(
+        self,
+        s: float = 64.0,
+        m1: float = 1.0,
+        m2: float = 0.3,
+        m3: float = 0.2,
+        fallback: bool = True,
+    ) -> None:
         super().__init__()
         self.s = self.real("s", s, 0.0, open_low=True)
         self.m1 = self.real("m1", m1, 1.0)
         self.m2 = self.real("m2", m2, 0.0, math.pi / 2)
         self.m3 = self.real("m3", m3, 0.0)
+        self.fallback = self.flag("fallback", fallback)
         theta_t = (math.pi - self.m2) / self.m1
         phi = math.pi - theta_t
         # fallback where cos θ_y <= th
@@ -42,5 +54,6 @@ class Combined(Margin):
             margined = cos_add(target_cos, self.m2)  # [B]
         else:
             margined = torch.cos(self.m1 * safe_acos(target_cos) + self.m2)  # [B]
-        fallback = target_cos - self.mm
-        return torch.where(target_cos > self.th, margined, fallback) - self.m3
+        if not self.fallback:
+            return margined - self.m3
+        return torch.where(target_cos > self.th, margined, target_cos - self.mm) - self.m3

@@ -49,19 +49,26 @@ class _ElasticFace(Margin):
 
 class ElasticArcFace(_ElasticFace):
     """ElasticFace-Arc(+): target `s·cos(θ_y + m_i)` with ArcFace's fallback per sample (so σ = 0
-    is `arcface` exactly) (METHODS.md table, `elasticface_arc`). σ: 0.05, plus 0.0175."""
+    is `arcface` exactly) (METHODS.md table, `elasticface_arc`). σ: 0.05, plus 0.0175.
+    `fallback=False`: cos(θ_y + m_i) everywhere, as the official code."""
 
     name = "elasticface_arc"
     sigmas = (0.05, 0.0175)
 
     def __init__(
-        self, s: float = 64.0, m: float = 0.5, sigma: float | None = None, plus: bool = False
+        self,
+        s: float = 64.0,
+        m: float = 0.5,
+        sigma: float | None = None,
+        plus: bool = False,
+        fallback: bool = True,
     ) -> None:
         super().__init__()
         self.setup(s, m, sigma, plus, math.pi / 2)
+        self.fallback = self.flag("fallback", fallback)
 
     def target(self, target_cos: Tensor) -> Tensor:
-        return arc_target(target_cos, self.draw(target_cos))  # [B]
+        return arc_target(target_cos, self.draw(target_cos), fallback=self.fallback)  # [B]
 
 
 class ElasticCosFace(_ElasticFace):

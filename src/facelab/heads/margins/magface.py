@@ -16,8 +16,8 @@ class MagFace(Margin):
     a = clamp(|x|, l_a, u_a), not detached; m(a) = k·(a - l_a) + l_m with
     k = (u_m - l_m)/(u_a - l_a); extra loss λ_g·mean_i g(a_i), g(a) = 1/a + a/u_a². `easy_margin`
     (on, as the official code): the margin applies only where cos θ_y > 0; off: ArcFace's fallback
-    with the per-sample m(a). The theory needs λ_g >= s·k·u_a²·l_a²/(u_a² - l_a²) (≈ 22.6
-    for the defaults); a smaller λ_g gives a warning.
+    with the per-sample m(a) (`fallback=False`: cos(θ_y + m(a)) everywhere). The theory needs
+    λ_g >= s·k·u_a²·l_a²/(u_a² - l_a²) (≈ 22.6 for the defaults); a smaller λ_g gives a warning.
     The quality score of an embedding is a = |x|
     (`facelab.eval.protocols.quality.feature_norm_quality`).
     """
@@ -33,6 +33,7 @@ class MagFace(Margin):
         u_m: float = 0.8,
         lambda_g: float = 35.0,
         easy_margin: bool = True,
+        fallback: bool = True,
     ) -> None:
         super().__init__()
         self.s = self.real("s", s, 0.0, open_low=True)
@@ -42,6 +43,7 @@ class MagFace(Margin):
         self.u_m = self.real("u_m", u_m, self.l_m, math.pi / 2)
         self.lambda_g = self.real("lambda_g", lambda_g, 0.0)
         self.easy_margin = self.flag("easy_margin", easy_margin)
+        self.fallback = self.flag("fallback", fallback)
         self.slope = (self.u_m - self.l_m) / (self.u_a - self.l_a)
         bound = self.s * self.slope * self.u_a**2 * self.l_a**2 / (self.u_a**2 - self.l_a**2)
         if self.lambda_g < bound:
@@ -60,7 +62,7 @@ class MagFace(Margin):
 
     def forward(self, c: Cosines) -> Tensor:
         m = self.margins(self.norms(c)).to(c.target_cos.dtype)  # [B]
-        target = arc_target(c.target_cos, m, self.easy_margin)  # [B]
+        target = arc_target(c.target_cos, m, self.easy_margin, self.fallback)  # [B]
         return self.s * replace_target(c.cos, c.labels, target)  # [B, C]
 
     def regularizer(self, c: Cosines) -> Tensor:

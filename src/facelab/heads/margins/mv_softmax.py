@@ -4,6 +4,9 @@ the re-weighting h(t, θ_j, I_k) of the mis-classified non-target logits).
 Target as CosFace (`mv_am`) or ArcFace (`mv_arc`); every non-target j whose cosine exceeds the
 margined target cosine f(θ_y) (a mis-classified vector) is emphasised: "adaptive"
 `(t+1)·cos θ_j + t`, "fixed" `cos θ_j + t`, both then scaled by s.
+
+The original code uses m = 0.35 for both targets and easy_margin on; facelab's defaults are
+METHODS.md's (mv_am m = 0.35, mv_arc m = 0.5) with easy_margin off: set m and easy_margin to match.
 """
 
 import math
@@ -42,10 +45,11 @@ class MVAM(_MVSoftmax):
     """MV-AM-Softmax: target `s·(cos θ_y - m)`, f(θ_y) = cos θ_y - m (METHODS.md table,
     `mv_am`).
 
-    `easy_margin` (the original code's default, kept as an option; off here): the margin applies
-    only where cos θ_y > m, as the original code's `where(gt > margin, gt - margin, gt)`: target
-    `s·cos θ_y` elsewhere. The mis-classification mask compares with cos θ_y - m either way, as
-    the original code does.
+    `easy_margin` (off here): the margin applies only where cos θ_y > m, FaceX-Zoo's
+    `where(gt > margin, gt - margin, gt)`: target `s·cos θ_y` elsewhere. The original code
+    (SV-X-Softmax) has easy_margin on by default and switches at cos θ_y > 0 instead; the two
+    differ only for 0 < cos θ_y <= m. The mis-classification mask compares with cos θ_y - m either
+    way, as both codes do.
     """
 
     name = "mv_am"
@@ -74,7 +78,8 @@ class MVAM(_MVSoftmax):
 
 class MVArc(_MVSoftmax):
     """MV-Arc-Softmax: target `s·cos(θ_y + m)` with ArcFace's fallback, or `easy_margin` (the
-    original code's default, kept as an option) (METHODS.md table, `mv_arc`).
+    original code's default, kept as an option) (METHODS.md table, `mv_arc`). `fallback=False`:
+    cos(θ_y + m) everywhere, as the original and FaceX-Zoo code without easy_margin.
 
     The mis-classification mask compares with cos(θ_y + m) before the fallback / easy-margin
     switch, as the original code and CurricularFace do; the two differ only where θ_y + m > π (or
@@ -90,13 +95,15 @@ class MVArc(_MVSoftmax):
         t: float = 0.2,
         mode: str = "adaptive",
         easy_margin: bool = False,
+        fallback: bool = True,
     ) -> None:
         super().__init__()
         self.setup(s, m, t, mode, math.pi / 2)
         self.easy_margin = self.flag("easy_margin", easy_margin)
+        self.fallback = self.flag("fallback", fallback)
 
     def margined(self, target_cos: Tensor) -> Tensor:
         return cos_add(target_cos, self.m)  # [B]
 
     def target(self, target_cos: Tensor) -> Tensor:
-        return arc_target(target_cos, self.m, self.easy_margin)  # [B]
+        return arc_target(target_cos, self.m, self.easy_margin, self.fallback)  # [B]
