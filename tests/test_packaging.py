@@ -41,10 +41,12 @@ def test_every_config_file_is_package_data():
     assert not missing, f"not in [tool.setuptools.package-data] facelab: {missing}"
 
 
-def test_the_old_non_recursive_glob_misses_the_head_recipes():
-    """The check above is not vacuous: `configs/*.yaml` (the old pattern) leaves configs/heads/ out."""
+def test_the_old_non_recursive_glob_misses_the_sub_folder_recipes():
+    """The check above is not vacuous: `configs/*.yaml` (the old pattern) leaves the recipes of
+    configs/heads/ and configs/insightface/ out."""
     left_out = _configs() - _packaged(["py.typed", "configs/*.yaml"])
-    assert left_out and all(p.parts[:2] == ("configs", "heads") for p in left_out)
+    assert {p.parts[1] for p in left_out} == {"heads", "insightface"}
+    assert all(len(p.parts) == 3 for p in left_out)
 
 
 def test_py_typed_is_package_data():
