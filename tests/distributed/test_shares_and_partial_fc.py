@@ -181,3 +181,20 @@ def test_unsupported_multi_process_settings_are_refused(section, value, match):
     with pytest.raises(FacelabError, match=match):
         FaceTask(cfg, 6, PREPROCESS, shard=(0, 2))
     FaceTask(cfg, 6, PREPROCESS)  # one process: fine
+
+
+@pytest.mark.parametrize(("section", "value", "match"), [("model", {"groupface": {"groups": 2}}, "groupface"),
+                                                         ("train", {"amp": "fp16"}, "fp16")])
+def test_train_refuses_multi_process_settings_before_reading_data(tmp_path, monkeypatch, section, value, match):
+    """Under torchrun the refusal comes before the data is opened (decoding millions of images first
+    would waste minutes): here data.train does not exist, and the error is still the setting's."""
+    from facelab.distributed import env as dist_env
+    from facelab.train.loop import train
+
+    monkeypatch.setattr(dist_env, "setup", lambda device: dist_env.DistEnv(rank=0, world_size=2))
+    cfg = config_from_dict({"model": {"backbone": "tiny", "embedding_size": 16}, section: value,
+                            "data": {"train": str(tmp_path / "missing")},
+                            "output": str(tmp_path / "run")})
+    with pytest.raises(FacelabError, match=match):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

@@ -43,7 +43,7 @@ from facelab.train.logging import RunLogger
 from facelab.train.optim import build_optimizer, build_scheduler
 from facelab.train.progress import Progress
 from facelab.train.run import METRICS_NAME, RunLock, finished_summary, resume_changes, write_config
-from facelab.train.task import FaceTask, check_names
+from facelab.train.task import FaceTask, check_names, check_world
 from facelab.train.validate import embed_images_sharded
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> dict
     env = dist_env.setup(cfg.train.device)
     finished, lock = False, None
     try:
+        # fp16 or GroupFace under torchrun: refused before the data is opened and decoded
+        check_world(cfg, env.world_size)
         folder, lock = _open_run(cfg, resume, env)
         summary = _train(cfg, folder, resume, stop_at, env, source)
         finished = True

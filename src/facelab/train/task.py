@@ -118,15 +118,20 @@ def task_head(cfg: Config, num_classes: int, shard: tuple[int, int], offsets: li
                       classifier_kwargs=shards, dataset_mask=mask, **h.kwargs)
 
 
-def check_task(cfg: Config, world_size: int, offsets: list[int] | None) -> None:
-    """What a task of `cfg` refuses at this world size and with these datasets."""
-    check_names(cfg)
+def check_world(cfg: Config, world_size: int) -> None:
+    """What a task of `cfg` refuses at this world size (checked before any data is read)."""
     if world_size > 1 and cfg.model.groupface.groups:
         raise FacelabError("config model.groupface: GroupFace's self-distributed labels use one "
                            "process's batch mean; not implemented for more than one process")
     if world_size > 1 and cfg.train.amp == "fp16":  # each rank's scaler would skip its own infs
         raise FacelabError("config train.amp: 'fp16' is not implemented for more than one process; "
                            "use bf16")
+
+
+def check_task(cfg: Config, world_size: int, offsets: list[int] | None) -> None:
+    """What a task of `cfg` refuses at this world size and with these datasets."""
+    check_names(cfg)
+    check_world(cfg, world_size)
     wanted = cfg.head.dataset_aware or cfg.dail.weight > 0
     if wanted and cfg.objective == "pairs":
         raise FacelabError("config head.dataset_aware / dail.weight: not available with objective: "
