@@ -285,7 +285,12 @@ class DistillConfig:
     order: float = 0.5  # weight of the order term Σ (mean neg − mean pos)
     bins: int = 1000  # soft-histogram bins on [0, 1)
     sigma: float = 0.1  # Gaussian kernel width of the histograms
-    detach_teacher: bool = True  # no gradient through the teacher's histograms in the KL terms
+    # DDL's open choices (facelab.losses.ddl; docs/ddl.md says which source set each default)
+    detach_teacher: bool = False  # true: no gradient through the teacher's histograms in the KLs
+    negatives: str = "all"  # hardest negative over: all | upper (only j > i, floored at 0)
+    positive_min: float | None = None  # drop positive pairs with cos <= this; null keeps all
+    bin_nodes: str = "left"  # histogram nodes t_r: left (r / bins) | mid ((r + 0.5) / bins)
+    kl_form: str = "floor"  # floor: p·(log(p+1e-10) − log(q+1e-10)) | smooth: p, q + 1e-9
     identities_per_batch: int = 16  # identities with easy + hard images in every (global) batch
     easy_per_identity: int = 2
     hard_per_identity: int = 2  # the rest of the batch: random images, not used by DDL
@@ -313,6 +318,12 @@ class DistillConfig:
             require(0.0 <= v < float("inf"), k + key, v, "must be a finite number >= 0")
         require(self.bins >= 1, k + "bins", self.bins, "must be >= 1")
         require(self.sigma > 0, k + "sigma", self.sigma, "must be > 0")
+        choice(self.negatives, ("all", "upper"), k + "negatives")
+        pmin = self.positive_min
+        require(pmin is None or -1.0 <= pmin < 1.0, k + "positive_min", pmin,
+                "must be null or a number in [-1, 1)")
+        choice(self.bin_nodes, ("left", "mid"), k + "bin_nodes")
+        choice(self.kl_form, ("floor", "smooth"), k + "kl_form")
         require(self.identities_per_batch >= 1, k + "identities_per_batch",
                 self.identities_per_batch, "must be >= 1")
         for key in ("easy_per_identity", "hard_per_identity"):

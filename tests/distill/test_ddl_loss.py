@@ -11,8 +11,11 @@ from facelab.losses.ddl import DDLLoss, branch_similarities, kl_divergence, soft
 BINS = 40  # the transcription is slow in pure Python; the module default (1000) is checked separately
 
 
-def loop_hist(sims, bins, sigma):
-    h = [sum(math.exp(-((s - (k + 0.5) / bins) ** 2) / (2 * sigma**2)) for s in sims) for k in range(bins)]
+def loop_hist(sims, bins, sigma, nodes="left"):
+    """Nodes t_k = k / bins ("left") or (k + 0.5) / bins ("mid")."""
+    offset = 0.5 if nodes == "mid" else 0.0
+    h = [sum(math.exp(-((s - (k + offset) / bins) ** 2) / (2 * sigma**2)) for s in sims)
+         for k in range(bins)]
     total = sum(h)
     return [v / total for v in h]
 
@@ -31,7 +34,7 @@ def loop_branch(x, labels):
     return pos, neg
 
 
-def loop_ddl(emb, labels, groups, w=(0.1, 0.02, 0.5), bins=None, sigma=0.1):
+def loop_ddl(emb, labels, groups, w=(0.1, 0.02, 0.5), bins=None, sigma=0.1, nodes="left"):
     bins = bins or BINS
     norm = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in emb]
     branches = {}
@@ -40,8 +43,9 @@ def loop_ddl(emb, labels, groups, w=(0.1, 0.02, 0.5), bins=None, sigma=0.1):
         branches[g] = loop_branch([norm[i] for i in idx], [labels[i] for i in idx])
     kl_pos = kl_neg = 0.0
     for g in [g for g in branches if g > 0]:
-        kl_pos += loop_kl(loop_hist(branches[0][0], bins, sigma), loop_hist(branches[g][0], bins, sigma))
-        kl_neg += loop_kl(loop_hist(branches[0][1], bins, sigma), loop_hist(branches[g][1], bins, sigma))
+        hist = [[loop_hist(branches[b][k], bins, sigma, nodes) for k in (0, 1)] for b in (0, g)]
+        kl_pos += loop_kl(hist[0][0], hist[1][0])
+        kl_neg += loop_kl(hist[0][1], hist[1][1])
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     order = sum(mean(bi[1]) - mean(bj[0]) for bi in branches.values() for bj in branches.values())
     return w[0] * kl_pos, w[1] * kl_neg, w[2] * order
@@ -68,16 +72,18 @@ def numeric_grad(f, emb, h=1e-6):
     return num
 
 
-def test_values_and_gradients_match_the_loop_transcription():
+@pytest.mark.parametrize("nodes", ["left", "mid"])
+def test_values_and_gradients_match_the_loop_transcription(nodes):
     emb, labels, groups = batch()
     lab, grp = labels.tolist(), groups.tolist()
-    want = loop_ddl(emb.tolist(), lab, grp)
-    full = numeric_grad(lambda e: sum(loop_ddl(e, lab, grp)), emb)
-    order_only = numeric_grad(lambda e: loop_ddl(e, lab, grp)[2], emb)
+    want = loop_ddl(emb.tolist(), lab, grp, nodes=nodes)
+    full = numeric_grad(lambda e: sum(loop_ddl(e, lab, grp, nodes=nodes)), emb)
+    order_only = numeric_grad(lambda e: loop_ddl(e, lab, grp, nodes=nodes)[2], emb)
     teacher = groups == 0
     for detach in (False, True):
         x = emb.clone().requires_grad_(True)
-        terms = DDLLoss(bins=BINS, detach_teacher=detach)(x, labels, ddl_group=groups)
+        ddl = DDLLoss(bins=BINS, detach_teacher=detach, bin_nodes=nodes)
+        terms = ddl(x, labels, ddl_group=groups)
         for key, value in zip(("ddl_kl_pos", "ddl_kl_neg", "ddl_order"), want, strict=True):
             assert terms[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12)
         (grad,) = torch.autograd.grad(sum(terms.values()), x)
@@ -99,7 +105,9 @@ def test_identical_teacher_and_student_give_zero_kl():
     assert p.sum().item() == pytest.approx(1.0) and kl_divergence(p, p).item() == 0.0
     assert p.shape == (1000,) and p.argmax().item() in (299, 300, 699, 700)
     sims = [-0.2, 0.15, 0.5, 0.52, 0.99]
-    assert soft_histogram(torch.tensor(sims, dtype=torch.float64)).tolist() == pytest.approx(loop_hist(sims, 1000, 0.1))
+    for nodes in ("left", "mid"):
+        got = soft_histogram(torch.tensor(sims, dtype=torch.float64), nodes=nodes).tolist()
+        assert got == pytest.approx(loop_hist(sims, 1000, 0.1, nodes))
 
 
 def test_degenerate_batches_and_weights():

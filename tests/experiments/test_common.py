@@ -51,6 +51,18 @@ def test_report_is_written_with_its_command(tmp_path):
     assert text.startswith("# Title\n") and "```\nfacelab experiment x\n```" in text and text.endswith("Seen.\n")
 
 
+def test_rewriting_a_report_keeps_its_hand_written_part(tmp_path):
+    path = tmp_path / "x.md"
+    common.write_report(path, "Title", "cmd", "Intro.", "| old |")
+    path.write_text(path.read_text() + f"\n{common.HAND_WRITTEN}\n\n## Observations\n\nBy hand.\n")
+    common.write_report(path, "Title", "cmd", "Intro.", "| new |", notes="Notes.")
+    text = path.read_text()
+    assert "| new |" in text and "| old |" not in text
+    assert text.index("Notes.") < text.index(common.HAND_WRITTEN)
+    assert text.endswith(f"{common.HAND_WRITTEN}\n\n## Observations\n\nBy hand.\n")
+    assert text.count(common.HAND_WRITTEN) == 1
+
+
 def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(FacelabError, match="at least one variant"):
         common.run_grid(RECIPE, {}, [0], tmp_path)

@@ -144,12 +144,20 @@ def markdown_table(summary: dict[str, dict[str, list]], sets: Sequence[str] = SE
     return "\n".join(rows)
 
 
+# a page's hand-written part starts at this line; an experiment that rewrites the page keeps it
+HAND_WRITTEN = "<!-- written by hand from here on: kept when the experiment rewrites this page -->"
+
+
 def write_report(path: Path, title: str, command: str, intro: str, table: str,
                  notes: str = "") -> None:
     """A markdown page: title, what was run (the exact command), the table, then notes; written
-    atomically."""
+    atomically. Whatever the existing page holds from its HAND_WRITTEN line on is kept at the
+    end."""
     text = f"# {title}\n\n{intro.strip()}\n\nProduced by:\n\n```\n{command}\n```\n\n{table}\n"
     if notes.strip():
         text += f"\n{notes.strip()}\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if HAND_WRITTEN in old:
+        text += "\n" + old[old.index(HAND_WRITTEN):]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -32,7 +32,8 @@ def _ddl(cfg: Config, model: nn.Module, offsets: list[int] | None) -> nn.Module 
     d = cfg.distill
     if d.name != "ddl":
         return None
-    return DDLLoss(d.kl_pos, d.kl_neg, d.order, d.bins, d.sigma, d.detach_teacher)
+    return DDLLoss(d.kl_pos, d.kl_neg, d.order, d.bins, d.sigma, d.detach_teacher, d.negatives,
+                   d.positive_min, d.bin_nodes, d.kl_form)
 
 
 def _dail(cfg: Config, model: nn.Module, offsets: list[int] | None) -> nn.Module | None:
