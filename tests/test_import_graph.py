@@ -15,7 +15,7 @@ LAYERS = [
     {"distributed", "heads", "losses", "onnx_model", "model"},
     {"eval", "export", "interop"},
     {"distill", "train", "clean", "recognize"},
-    {"demo", "experiments", "cli", "__main__"},
+    {"demo", "experiments", "serve", "cli", "__main__"},
 ]
 # Imports inside functions that are allowed, and why: (importing module, imported module prefix).
 LAZY = {

@@ -51,3 +51,10 @@ def test_the_old_non_recursive_glob_misses_the_sub_folder_recipes():
 
 def test_py_typed_is_package_data():
     assert Path("py.typed") in _packaged(_package_data())
+
+
+def test_the_serve_page_is_package_data():
+    """`facelab serve` answers `/` from serve/static: an installed wheel must carry those files."""
+    static = {p.relative_to(PACKAGE) for p in (PACKAGE / "serve" / "static").iterdir() if p.is_file()}
+    assert Path("serve/static/index.html") in static
+    assert static <= _packaged(_package_data())

@@ -229,6 +229,43 @@ def _cmd_gallery(a: argparse.Namespace) -> int:
     return 2 if any("error" in r for r in records) else 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from facelab.io import check_output_folder
+    from facelab.model import resolve_checkpoint
+
+    try:
+        from facelab.serve import Limits, bind, check_port, create_app, serve
+    except ModuleNotFoundError as e:  # the optional extra is not installed
+        if (e.name or "").partition(".")[0] not in ("fastapi", "starlette", "uvicorn",
+                                                    "python_multipart"):
+            raise
+        raise FacelabError(f"serve: {e.name} is missing; pip install 'facelab[serve]'") from None
+
+    key = a.api_key if a.api_key is not None else os.environ.get("FACELAB_API_KEY")
+    if key is not None and not key.strip():
+        raise FacelabError("--api-key: empty (or FACELAB_API_KEY); give a key or none")
+    limits = Limits(max_upload_mb=a.max_upload_mb, max_batch=a.max_batch,
+                    max_wait_ms=a.max_wait_ms)
+    check_port(a.port)
+    # the cheap checks first, each one line: the gallery folder and the model file, then the
+    # port (taken before the model loads, so that a port in use fails at once)
+    check_output_folder(a.gallery, "gallery folder")
+    resolve_checkpoint(a.model)
+    sock = bind(a.host, a.port)
+    try:
+        app = create_app(_recognizer(a), a.gallery, api_key=key, limits=limits)
+        host, port = sock.getsockname()[:2]
+        if key is None and host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("serving on %s without --api-key: anyone who reaches it can read and "
+                        "change the gallery", host)
+        log.info("facelab serve: http://%s:%d (API docs at /docs), gallery %s", host, port,
+                 a.gallery)
+        serve(app, sock)
+    finally:
+        sock.close()
+    return 0
+
+
 def _identified_line(r: dict) -> str:
     if "error" in r:
         return f"{r['photo']}: error: {r['error']}"
@@ -571,6 +608,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threshold(g)
     g.add_argument("--json", action="store_true", help="a JSON list on stdout")
     s.set_defaults(func=_cmd_gallery)
+
+    s = sub.add_parser("serve", help="an HTTP service: embed, verify, a gallery and "
+                       "identification (pip install 'facelab[serve]')")
+    s.add_argument("model", help=_MODEL_HELP)
+    s.add_argument("--gallery", type=Path, required=True,
+                   help="the gallery folder (created if missing)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="0: a free port, logged")
+    s.add_argument("--api-key", default=None,
+                   help="required by the gallery's endpoints and /identify (header X-API-Key "
+                   "or Authorization: Bearer); default: $FACELAB_API_KEY, else none")
+    s.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="the most one request may upload, all its photos together")
+    s.add_argument("--max-batch", type=int, default=16,
+                   help="photos of concurrent requests embedded together")
+    s.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a photo waits for others to batch with")
+    _add_threshold(s)
+    _add_precision(s)
+    s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("import", help="another tool's model as a facelab model")
     kinds = s.add_subparsers(dest="kind", required=True, parser_class=_Parser)
