@@ -101,6 +101,10 @@ def cases(t) -> dict[tuple[str, ...], list[tuple[list[str], str]]]:
                                   "train.steps: -2 is invalid")],
         ("experiment", "pairs"): [(["experiment", "pairs", "--seeds", "-1", "--data", str(t / "h")],
                                    "seed: -1 is invalid")],
+        ("experiment", "claims"): [(["experiment", "claims", "--only", "nope", "--data", str(t / "h")],
+                                    "unknown claim 'nope'"),
+                                   (["experiment", "claims", "--scale", "0", "--data", str(t / "h")],
+                                    "--scale > 0")],
     }
 
 

@@ -34,6 +34,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "Pair losses vs a margin head: contrastive, triplet (semi-hard), margin loss "
         "(distance-weighted and histogram mining)",
     ),
+    "claims": Experiment(
+        "facelab.experiments.claims.run",
+        "claims: each paper's claim measured by its mechanism and outcome, with a decision rule "
+        "fixed before running -> docs/claims.md.",
+    ),
     "dail": Experiment(
         "facelab.experiments.dail",
         "DAIL: single dataset vs naive merge vs dataset-aware softmax (+ crossing dropout, "
