@@ -298,11 +298,11 @@ NOTES = (
     "The ArcFace row uses AdaCos's fixed scale (s = 4.4 with 24 identities, 8.8 with 240) as "
     "`facelab experiment pairs` does, not the paper's s = 64. The budget (a few epochs) is far "
     "from the converged training of the papers: with 240 identities each class centre of the "
-    "head is pulled only a few times, which favours the pair losses (docs/pairs.md saw the "
-    "same). The pair sets are the same for every run, so the seed std holds the training noise "
-    "only, not the sampling noise of the pairs (10-fold std on 400 pairs: about 2 points per "
-    "set). The \"identity pairs met\" column of the ArcFace rows is the P x K partition it is "
-    "compared on, not its own (uniform) batches.")
+    "head is pulled only a few times, which may favour the pair losses (docs/pairs.md makes "
+    "the same observation). The pair sets are the same for every run, so the seed std holds "
+    "the training noise only, not the sampling noise of the pairs (10-fold std on 400 pairs: "
+    "about 2 points per set). The \"identity pairs met\" column of the ArcFace rows is the "
+    "P x K partition it is compared on, not its own (uniform) batches.")
 
 
 def _measurement(ctx: Context, plan: dict) -> str:
