@@ -22,10 +22,13 @@ from facelab.io import write_atomic
 BINS = 100  # histogram bins over the cosine range [-1, 1]
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path, **savefig: object) -> None:
+    """Writes `fig` atomically to `path` (its folder made), in the format of its suffix; `savefig`
+    options (dpi, ...) go to matplotlib."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig))
 
 
 def _figure(n: int) -> tuple[Figure, list]:
@@ -59,7 +62,7 @@ def plot_roc(results: dict[str, dict], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     if results:
         ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ijb_roc(verification: dict[str, dict], path: Path, title: str = "IJB 1:1") -> None:
@@ -77,7 +80,7 @@ def plot_ijb_roc(verification: dict[str, dict], path: Path, title: str = "IJB 1:
     ax.grid(True, which="both", alpha=0.3)
     if verification:
         ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def score_histogram(same: np.ndarray, scores: np.ndarray, bins: int = BINS) -> dict:
@@ -112,7 +115,7 @@ def plot_score_histograms(
         ax.set_ylabel("fraction of pairs")
         ax.legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel(xlabel)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def cmc_from_ranks(ranks: np.ndarray, max_rank: int) -> dict:
@@ -148,7 +151,7 @@ def cmc_figure(curves: Mapping[str, dict], title: str = "CMC") -> Figure:
 
 def plot_cmc(curves: Mapping[str, dict], path: Path, title: str = "CMC") -> None:
     """`cmc_figure` saved to path."""
-    _save(cmc_figure(curves, title), path)
+    save_figure(cmc_figure(curves, title), path)
 
 
 def plot_error_versus_reject(result: dict, path: Path, label: str = "feature norm") -> None:
@@ -162,4 +165,4 @@ def plot_error_versus_reject(result: dict, path: Path, label: str = "feature nor
     ax.set_ylim(bottom=0.0)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     RULE,
@@ -44,7 +45,6 @@ from facelab.experiments.claims.quality_norm import (
 from facelab.experiments.common import SETS, accuracy
 from facelab.heads import build_margin
 from facelab.heads.margins.adaface import NORM_CLIP
-from facelab.io import write_atomic
 from facelab.model import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def _plot(acc: dict, mech: list[dict], path: Path) -> None:
     bx.hist(z[low], bins, alpha=0.6, density=True, label="down-sampled")
     bx.set_xlabel("AdaFace z (held-out photos)")
     bx.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
 
 
 PAPER = (

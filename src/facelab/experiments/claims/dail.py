@@ -34,6 +34,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from facelab.align.folder import MANIFEST, align_folder
 from facelab.data.synthetic.multi import run_multi_synth
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments import dail as dail_experiment
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
@@ -284,8 +285,7 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_xticks(np.arange(len(keys)), labels, fontsize=6)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
     return path
 
 

@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from facelab.config import DistillConfig
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     RULE,
@@ -36,7 +37,6 @@ from facelab.experiments.claims.base import (
     synth_split,
 )
 from facelab.experiments.common import RECIPE, accuracy, train_once
-from facelab.io import write_atomic
 from facelab.losses.ddl import kl_divergence, soft_histogram
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
                      fontsize=9)
         ax.set_xlabel("cosine similarity (held-out photos)")
         ax.legend(fontsize=7, loc="upper left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
     return path
 
 

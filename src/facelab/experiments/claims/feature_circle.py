@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from facelab import CONFIGS
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     RULE,
@@ -129,8 +130,7 @@ def _plot(feats: dict[str, tuple[np.ndarray, np.ndarray]], gaps: dict[str, float
         ax.set_ylim(-1.35, 1.35)
         ax.set_xticks([])
         ax.set_yticks([])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 

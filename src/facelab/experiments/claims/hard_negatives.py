@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from facelab import CONFIGS
 from facelab.config import load_config
 from facelab.eval.embed import embed_raw
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import RULE, Context, Result, Split, mean_std, overall
 from facelab.experiments.claims.quality_norm import (
@@ -41,7 +42,7 @@ from facelab.experiments.claims.quality_norm import (
     train_minutes,
 )
 from facelab.heads import build_margin
-from facelab.io import read_image, write_atomic
+from facelab.io import read_image
 from facelab.model import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from facelab.train.loop import train
 
@@ -205,8 +206,7 @@ def _plot(curves: dict[str, dict[int, list[dict]]], path: Path) -> None:
             ax.set_xlabel("step")
             ax.set_ylabel(label)
     axes[0].legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
 
 
 PAPER = (

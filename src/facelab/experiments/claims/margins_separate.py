@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from facelab import CONFIGS
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     RULE,
@@ -123,8 +124,7 @@ def _plot_losses(runs: dict[str, dict[int, Path]], path: Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (one batch per logged step)")
     ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 
 from facelab.data import open_training_set
 from facelab.data.pk_sampler import PKBatchSampler
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     MIN_SEEDS,
@@ -250,9 +251,8 @@ def _plot(ctx: Context, res: dict[str, dict[str, list[dict]]]) -> tuple[str, str
     left.set_ylim(max(0.0, lo - 5), 100)
     left.legend(fontsize=7)
     fig.tight_layout()
-    ctx.figures.mkdir(parents=True, exist_ok=True)
     path = ctx.figures / f"{NAME}.png"
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     return str(path), ("Left: verification accuracy (mean of synth-lfw, synth-cfp, synth-lowres) "
                        "of each loss with few identities x many photos and many identities x few "
                        "photos. Right: in the many-identities regime, mean centroid cosine of the "

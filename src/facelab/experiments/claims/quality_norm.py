@@ -35,6 +35,7 @@ from facelab import CONFIGS
 from facelab.data.pairsets import load_bin
 from facelab.eval.embed import embed_raw
 from facelab.eval.protocols.quality import error_versus_reject
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     RULE,
@@ -48,7 +49,6 @@ from facelab.experiments.claims.base import (
     synth_split,
 )
 from facelab.experiments.common import train_once
-from facelab.io import write_atomic
 from facelab.model import load_model
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,7 @@ def _cell(text: str) -> str:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
 
 
 def _plot_erc(res: dict[str, dict[int, dict]], path: Path) -> None:

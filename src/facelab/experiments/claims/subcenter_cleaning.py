@@ -36,6 +36,7 @@ from scipy.stats import rankdata
 from facelab import CONFIGS
 from facelab.clean import REPORT, assign_subcenters, clean_folder, load_subcenter_run, read_truth
 from facelab.eval.embed import embed_folder
+from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
     Context,
@@ -255,9 +256,8 @@ def _plot_angles(ctx: Context, results: dict[float, list[dict]]) -> tuple[str, s
         ax.set_xlabel("angle to dominant sub-centre (deg)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    ctx.figures.mkdir(parents=True, exist_ok=True)
     path = ctx.figures / f"{NAME}_angles.png"
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     return str(path), ("Angle of every training photo to its class's dominant sub-centre "
                        "(Sub-center ArcFace K=3 trained on the noisy set), clean vs relabelled "
                        "photos, draws pooled; `facelab clean` drops those beyond "
