@@ -30,6 +30,14 @@ def test_grid_trains_each_variant_and_seed_then_reuses_them(synth, tmp_path):
     (tmp_path / "arc" / "seed0" / "checkpoint.pt").unlink()
     again = common.run_grid(RECIPE, {"arc": []}, [0], tmp_path, common=base)
     assert again["arc"][0] == json.loads((tmp_path / "arc" / "seed0" / "metrics.json").read_text())
+    # settings that change neither the model nor its metrics do not stop the reuse
+    quiet = [*base, "train.threads=1", "train.checkpoint_every=1", "data.workers=0"]
+    assert common.run_grid(RECIPE, {"arc": []}, [0], tmp_path, common=quiet)["arc"][0] == again["arc"][0]
+    # another budget is refused, naming the key: the old run never stands for the new config
+    before = (tmp_path / "arc" / "seed0" / "metrics.json").read_bytes()
+    with pytest.raises(FacelabError, match=r"seed0: finished with another config \(train.steps: 3 -> 5"):
+        common.run_grid(RECIPE, {"arc": ["train.steps=5"]}, [0], tmp_path, common=base)
+    assert (tmp_path / "arc" / "seed0" / "metrics.json").read_bytes() == before
     summary = common.summarise(results)
     assert summary["arc"]["synth-cfp"] == [results["arc"][s]["pairs"]["synth-cfp"]["accuracy"] for s in (0, 1)]
 

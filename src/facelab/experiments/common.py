@@ -27,6 +27,7 @@ from facelab.errors import FacelabError
 from facelab.io import write_atomic
 from facelab.model import CHECKPOINT_NAME
 from facelab.train.loop import train
+from facelab.train.run import reuse_differences
 from facelab.train.task import check_names
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,18 @@ def prepare_synth(data: Path, identities: int, images_per_identity: int, pairs: 
 
 def train_once(recipe: str | Path, overrides: Sequence[str], out: Path) -> dict:
     """Train `recipe` + `overrides` into `out` (output= is set here) and return its metrics.json.
-    A complete run (metrics.json present) is read back, not retrained; an interrupted one is
-    resumed."""
+    A complete run (metrics.json present) trained with the same config (train.run.REUSABLE keys
+    aside) is read back, not retrained; one trained otherwise is refused, naming the key, so that a
+    changed budget never passes old runs off as new; an interrupted run is resumed."""
+    cfg = load_config(recipe, [*overrides, f"output={out}", f"name={out.parent.name}-{out.name}"])
     metrics = out / "metrics.json"
     if metrics.exists():
+        changed = reuse_differences(out, cfg)
+        if changed:
+            raise FacelabError(f"{out}: finished with another config ({'; '.join(changed[:3])}); "
+                               "remove the folder or choose another output folder")
         log.info("%s: complete, reusing its metrics", out)
         return json.loads(metrics.read_text())
-    cfg = load_config(recipe, [*overrides, f"output={out}", f"name={out.parent.name}-{out.name}"])
     summary = train(cfg, resume=(out / CHECKPOINT_NAME).exists())
     if not summary["train"].get("complete", True):
         raise FacelabError(f"{out}: training stopped before its last step")

@@ -40,6 +40,11 @@ RESUMABLE = (
     "data.workers", "data.check_images", "name", "output",
 )
 _SILENT = ("name", "output")  # a moved or renamed folder: not a change of what trains
+# Keys that change neither a finished run's model nor its metrics: a run that differs from a request
+# only in these may be reused as it is (facelab.experiments.common.train_once).
+REUSABLE = (*_SILENT, "train.checkpoint_every", "train.log_every", "train.status_every",
+            "train.progress", "train.threads", "train.device", "data.workers",
+            "data.check_images", "train.tensorboard")
 
 
 # ---------------------------------------------------------------- one writer per folder
@@ -148,6 +153,23 @@ def resume_changes(cfg: Config, ckpt: dict, where: Path) -> list[dict]:
     return changes
 
 
+def reuse_differences(run: Path, cfg: Config) -> list[str]:
+    """What keeps a finished run in `run` from standing for `cfg`: "key: stored -> asked" for every
+    key of its config.yaml that differs from cfg's, outside REUSABLE."""
+    path = run / CONFIG_NAME
+    try:
+        stored_cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise FacelabError(f"{path}: cannot read the finished run's config ({e})") from None
+    if not isinstance(stored_cfg, dict):
+        raise FacelabError(f"{path}: not a run config (a mapping of sections)")
+    stored = {**_flat(config_to_dict(Config())), **_flat(stored_cfg)}
+    new = _flat(config_to_dict(cfg))
+    return [f"{key}: {stored.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(set(stored) | set(new))
+            if key not in REUSABLE and stored.get(key) != new.get(key)]
+
+
 def write_config(run: Path, cfg: Config, changes: list[dict]) -> None:
     """`config.yaml`: the configuration in effect, the changes resumes made as comments on top."""
     notes = "".join(
@@ -170,5 +192,5 @@ def finished_summary(run: Path, cfg: Config, ckpt: dict) -> dict | None:
         raise FacelabError(f"{metrics}: cannot read the finished run's summary ({e})") from None
 
 
-__all__ = ["CONFIG_NAME", "LOCK_NAME", "METRICS_NAME", "RESUMABLE", "RunLock", "finished_summary",
-           "resume_changes", "write_config"]
+__all__ = ["CONFIG_NAME", "LOCK_NAME", "METRICS_NAME", "RESUMABLE", "REUSABLE", "RunLock",
+           "finished_summary", "resume_changes", "reuse_differences", "write_config"]

@@ -89,3 +89,30 @@ def test_measure_quick(tmp_path: Path):
     assert "| A + C (same) | 60% | aware |" in result.table
     assert result.figures and all(Path(png).is_file() for png, _ in result.figures)
     assert (ctx.root / "dail" / "shifted60-naive" / "seed0" / "metrics.json").is_file()
+
+
+def test_plan_covers_every_overlap_and_seed(tmp_path: Path):
+    ctx = Context(root=tmp_path, data=tmp_path, figures=tmp_path, seeds=(0, 1, 2))
+    cells = dail.plan(ctx)
+    assert set(cells) == {(d, o) for d in ("shifted", "same") for o in (0.0, 0.3, 0.6)}
+    for cell, (variants, seeds) in cells.items():
+        assert seeds == (0, 1, 2)
+        assert variants == (tuple(dail.VARIANTS) if cell == dail.FULL_CELL
+                            else ("naive", "aware"))
+
+
+def test_zero_overlap_rows_show_only_the_dataset_classifier():
+    nan = float("nan")
+    runs = [{"centre": nan, "centre_other": nan, "auc": nan, "dataset_acc": a}
+            for a in (0.6, 0.7, 0.8)]
+    shared = [{"centre": c, "centre_other": 0.0, "auc": 0.9, "dataset_acc": 0.5}
+              for c in (0.1, 0.2, 0.3)]
+    results = {("shifted", 0.0, "naive"): runs, ("shifted", 0.0, "aware"): runs,
+               ("shifted", 0.6, "naive"): shared, ("shifted", 0.6, "aware"): shared,
+               ("shifted", 0.6, "crossing"): shared, ("shifted", 0.6, "grl"): shared}
+    rows = dail.table(results).splitlines()
+    zero = next(r for r in rows if "| 0% | naive |" in r)
+    assert zero.count("—") == 3 and "0.700 ± 0.100" in zero
+    _, lines = dail.decide(results)
+    assert not any(", 0%)" in line for line in lines)  # (b): undefined without shared persons
+    assert any("(b)" in line and "60%" in line for line in lines)

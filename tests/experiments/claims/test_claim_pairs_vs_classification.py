@@ -11,7 +11,7 @@ import pytest
 import facelab.data.samplers as samplers
 from facelab.data import open_training_set
 from facelab.data.pk_sampler import PKBatchSampler
-from facelab.experiments.claims.base import VERDICTS, Context, seed_rule
+from facelab.experiments.claims.base import VERDICTS, Context, paired_rule, seed_rule
 from facelab.experiments.claims.pairs_vs_classification import (
     NAME,
     _plan,
@@ -20,7 +20,6 @@ from facelab.experiments.claims.pairs_vs_classification import (
     measure,
     met_gap,
     met_matrix,
-    paired_rule,
 )
 
 

@@ -1,6 +1,7 @@
 """The claims framework: the decision rule against a hand computation, the photo-wise split, the
 report page and its merge of saved results."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from facelab.errors import FacelabError
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import Context, Result, overall, seed_rule, synth_split
 from facelab.experiments.claims.report import load_results, save_result, write_claims
+from facelab.experiments.claims.run import _finished_runs, _keep_training_time
 
 
 def test_seed_rule_against_a_hand_computation():
@@ -57,17 +59,18 @@ def test_synth_split_holds_out_the_last_photos_of_every_identity(tmp_path):
     assert synth_split(ctx, "s", 4, 5, 2, 20).train == split.train  # reused
 
 
-def result(name: str, verdict: str, png: str = "") -> Result:
+def result(name: str, verdict: str, png: str = "", trained: int = 0) -> Result:
     figures = [(png, "a plot")] if png else []
     return Result(name, CLAIMS[name].title, "The paper says.", "We measure.", "The rule.",
-                  "| a | b |\n| --- | --- |\n| 1 | 2 |", verdict, figures, "A note.", 90.0)
+                  "| a | b |\n| --- | --- |\n| 1 | 2 |", verdict, figures, "A note.", 90.0,
+                  trained)
 
 
 def test_report_merges_saved_results_in_registry_order(tmp_path):
     first, second = list(CLAIMS)[:2]
     png = tmp_path / "docs" / "claims" / "x.png"
     save_result(tmp_path / "runs", result(second, "not shown", str(png)))
-    save_result(tmp_path / "runs", result(first, "shown"))
+    save_result(tmp_path / "runs", result(first, "shown", trained=4))
     results = load_results(tmp_path / "runs", list(CLAIMS))
     assert set(results) == {first, second} and results[second].figures == [(str(png), "a plot")]
     doc = tmp_path / "docs" / "claims.md"
@@ -75,7 +78,9 @@ def test_report_merges_saved_results_in_registry_order(tmp_path):
     text = doc.read_text()
     assert text.index(CLAIMS[first].title) < text.index(CLAIMS[second].title)
     assert "| shown |" in text and "**Verdict: not shown.**" in text
-    assert "![a plot](claims/x.png)" in text and "measured it: 1.5 min" in text
+    assert "![a plot](claims/x.png)" in text
+    assert "1.5 min for the call that trained its 4 runs" in text  # first
+    assert "1.5 min to measure it from runs trained before it" in text  # second: trained none
     assert "Not measured yet:" in text and list(CLAIMS)[2] in text
 
 
@@ -85,3 +90,26 @@ def test_a_corrupt_result_is_named(tmp_path):
     (tmp_path / name / "result.json").write_text("{")
     with pytest.raises(FacelabError, match="result.json"):
         load_results(tmp_path, [name])
+
+
+def test_a_re_measure_keeps_the_training_calls_wall_time(tmp_path):
+    name = list(CLAIMS)[0]
+    trained = result(name, "shown", trained=6)
+    again = dataclasses.replace(trained, seconds=2.0, trained=0)
+    _keep_training_time(again, trained)
+    assert (again.seconds, again.trained) == (90.0, 6)
+    retrained = dataclasses.replace(trained, seconds=30.0, trained=2)
+    _keep_training_time(retrained, trained)  # trained anew: its own time counts
+    assert (retrained.seconds, retrained.trained) == (30.0, 2)
+    first = dataclasses.replace(trained, seconds=2.0, trained=0)
+    _keep_training_time(first, None)
+    assert (first.seconds, first.trained) == (2.0, 0)
+
+
+def test_finished_runs_are_folders_with_metrics(tmp_path):
+    (tmp_path / "a" / "seed0").mkdir(parents=True)
+    (tmp_path / "a" / "seed0" / "metrics.json").write_text("{}")
+    (tmp_path / "a" / "seed1").mkdir()
+    (tmp_path / "a" / "seed1" / "checkpoint.pt").write_text("")
+    assert _finished_runs(tmp_path) == {tmp_path / "a" / "seed0"}
+    assert _finished_runs(tmp_path / "missing") == set()

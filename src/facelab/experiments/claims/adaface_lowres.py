@@ -35,10 +35,10 @@ from facelab.experiments.claims.base import (
     embed_held_out,
     mean_std,
     overall,
+    seed_rule,
 )
 from facelab.experiments.claims.quality_norm import (
     budget,
-    finite_rule,
     quality_data,
     quality_runs,
 )
@@ -95,12 +95,12 @@ def _comparisons(acc: dict, mech: list[dict]) -> list[tuple[str, str, str]]:
     the gain on synth-lfw, and the mechanism z(high) > z(low)."""
     out = []
     for other in ("arcface", "magface"):
-        v, t = finite_rule(acc["adaface"][LOW], acc[other][LOW])
+        v, t = seed_rule(acc["adaface"][LOW], acc[other][LOW])
         out.append((f"adaface > {other}: {LOW} accuracy", v, t))
     gain = {s: np.subtract(acc["adaface"][s], acc["arcface"][s]) for s in (LOW, HIGH)}
-    v, t = finite_rule(gain[LOW], gain[HIGH])
+    v, t = seed_rule(gain[LOW], gain[HIGH])
     out.append((f"gain over arcface: {LOW} > {HIGH}", v, t))
-    v, t = finite_rule([m["high"]["z"] for m in mech], [m["low"]["z"] for m in mech])
+    v, t = seed_rule([m["high"]["z"] for m in mech], [m["low"]["z"] for m in mech])
     out.append(("adaface z: full-resolution > down-sampled held-out photos", v, t))
     return out
 

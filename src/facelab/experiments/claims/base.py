@@ -10,12 +10,14 @@ under `ctx.figures`).
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from facelab.errors import FacelabError
 from facelab.eval.embed import embed_raw
@@ -71,7 +73,8 @@ class Result:
 
     paper: the paper's statement with its table or figure; measurement: what the code measures;
     rule: the decision rule, fixed before running; table: markdown figures with their spread;
-    figures: [(PNG path, caption)]; seconds: wall time of the claim (training included).
+    figures: [(PNG path, caption)]; seconds: wall time of the call that trained the claim's runs
+    (its measurement included); trained: how many runs that call trained.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Result:
     figures: list[tuple[str, str]] = field(default_factory=list)
     notes: str = ""
     seconds: float = 0.0
+    trained: int = 0
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -110,6 +114,22 @@ def seed_rule(claimed: Sequence[float], other: Sequence[float]) -> tuple[str, st
     if n < MIN_SEEDS or diff <= 2 * pooled:
         return "inconclusive", text
     return "shown", text
+
+
+def paired_rule(claimed: list[float], other: list[float]) -> tuple[str, str]:
+    """The RULE on per-seed differences d = claimed - other of two measurements on the same seed
+    (here: the same replayed partition, whose own noise both share): shown when mean(d) exceeds
+    twice the std of d (ddof 1) over >= 3 seeds, not shown when mean(d) <= 0, else
+    inconclusive."""
+    d = np.subtract(claimed, other)  # [seeds]
+    mean = float(d.mean())
+    if len(d) < 2:
+        return "inconclusive", f"Δ = {mean:+.4g}, one seed"
+    spread = 2 * float(d.std(ddof=1))
+    text = f"Δ = {mean:+.4g} vs 2·s_d = {spread:.4g}, {len(d)} seeds, paired"
+    if mean <= 0:
+        return "not shown", text
+    return ("shown" if len(d) >= MIN_SEEDS and mean > spread else "inconclusive"), text
 
 
 def overall(verdicts: Sequence[str]) -> str:
@@ -190,3 +210,13 @@ def embed_held_out(run: Path, photos: Sequence[Path], batch_size: int = 256
     feats, _ = embed_raw(model, images, batch_size=batch_size, flip=False, preprocess=pre)
     norms = np.linalg.norm(feats, axis=1)  # [N]
     return (feats / np.maximum(norms, 1e-12)[:, None]).astype(np.float32), norms
+
+def train_minutes(runs: Sequence[Path]) -> float:
+    """Training minutes of finished runs, summed: train.steps x data.batch_size / images per
+    second of each run's metrics.json (every session of a resumed run, machine load included)."""
+    total = 0.0
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())["train"]
+        batch = yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"]
+        total += metrics["steps"] * batch / metrics["images_per_second"]
+    return total / 60.0

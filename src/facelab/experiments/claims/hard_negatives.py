@@ -33,13 +33,20 @@ from facelab.config import load_config
 from facelab.eval.embed import embed_raw
 from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
-from facelab.experiments.claims.base import RULE, Context, Result, Split, mean_std, overall
+from facelab.experiments.claims.base import (
+    RULE,
+    Context,
+    Result,
+    Split,
+    mean_std,
+    overall,
+    seed_rule,
+    train_minutes,
+)
 from facelab.experiments.claims.quality_norm import (
     budget,
     common_overrides,
-    finite_rule,
     quality_data,
-    train_minutes,
 )
 from facelab.heads import build_margin
 from facelab.io import read_image
@@ -164,7 +171,7 @@ def _comparisons(curves: dict[str, dict[int, list[dict]]]) -> list[tuple[str, st
     cf = list(curves["curricularface"].values())
     out = []
     for key, label in (("t", "t"), ("coef", "hard-negative coefficient t + cos θ_j")):
-        v, text = finite_rule([s[-1][key] for s in cf], [s[0][key] for s in cf])
+        v, text = seed_rule([s[-1][key] for s in cf], [s[0][key] for s in cf])
         out.append((f"curricularface {label}: end > 10 % of training", v, text))
     return out
 

@@ -38,13 +38,13 @@ from facelab.data.pk_sampler import PKBatchSampler
 from facelab.eval.reports.plots import save_figure
 from facelab.experiments.claims import CLAIMS
 from facelab.experiments.claims.base import (
-    MIN_SEEDS,
     Context,
     Result,
     Split,
     embed_held_out,
     mean_std,
     overall,
+    paired_rule,
     seed_rule,
     synth_split,
 )
@@ -104,20 +104,6 @@ def met_gap(cos: np.ndarray, met: np.ndarray) -> tuple[float, float]:
     return gap, float(m.mean())
 
 
-def paired_rule(claimed: list[float], other: list[float]) -> tuple[str, str]:
-    """The RULE on per-seed differences d = claimed - other of two measurements on the same seed
-    (here: the same replayed partition, whose own noise both share): shown when mean(d) exceeds
-    twice the std of d (ddof 1) over >= 3 seeds, not shown when mean(d) <= 0, else
-    inconclusive."""
-    d = np.subtract(claimed, other)  # [seeds]
-    mean = float(d.mean())
-    if len(d) < 2:
-        return "inconclusive", f"Δ = {mean:+.4g}, one seed"
-    spread = 2 * float(d.std(ddof=1))
-    text = f"Δ = {mean:+.4g} vs 2·s_d = {spread:.4g}, {len(d)} seeds, paired"
-    if mean <= 0:
-        return "not shown", text
-    return ("shown" if len(d) >= MIN_SEEDS and mean > spread else "inconclusive"), text
 
 
 def _plan(ctx: Context) -> dict:

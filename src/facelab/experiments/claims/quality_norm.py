@@ -20,7 +20,6 @@ hard_negatives.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from facelab.experiments.claims.base import (
     overall,
     seed_rule,
     synth_split,
+    train_minutes,
 )
 from facelab.experiments.common import train_once
 from facelab.model import load_model
@@ -100,15 +100,6 @@ def quality_runs(ctx: Context, heads: Sequence[str] = HEADS) -> dict[str, dict[i
     return runs
 
 
-def train_minutes(runs: Sequence[Path]) -> float:
-    """Training minutes of finished runs, summed: train.steps x data.batch_size / images per
-    second of each run's metrics.json (every session of a resumed run, machine load included)."""
-    total = 0.0
-    for run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())["train"]
-        batch = yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"]
-        total += metrics["steps"] * batch / metrics["images_per_second"]
-    return total / 60.0
 
 
 def signed_spearman(norms: np.ndarray, values: np.ndarray, sign: float) -> float:
@@ -126,12 +117,6 @@ def factor_values(attributes: dict[str, np.ndarray], factor: str) -> np.ndarray:
     return np.abs(values) if factor == "|yaw|" else values
 
 
-def finite_rule(claimed: Sequence[float], other: Sequence[float]) -> tuple[str, str]:
-    """base.seed_rule, but inconclusive when a value is undefined (NaN): seed_rule would read a
-    NaN difference as shown."""
-    if not (np.isfinite(claimed).all() and np.isfinite(other).all()):
-        return "inconclusive", "undefined value (constant factor or no pair left)"
-    return seed_rule(claimed, other)
 
 
 def relative_drop(fnmr: Sequence[float], fractions: Sequence[float], at: float = AT) -> float:
@@ -180,11 +165,11 @@ def _comparisons(res: dict[str, dict[int, dict]]) -> list[tuple[str, str, str]]:
     out = []
     for head in ("magface", "adaface"):
         for f in FACTORS:
-            verdict, text = finite_rule([r[f] for r in per_seed(head, "rho")],
+            verdict, text = seed_rule([r[f] for r in per_seed(head, "rho")],
                                         [r[f] for r in per_seed("arcface", "rho")])
             out.append((f"{head} > arcface: ρ(norm, {f})", verdict, text))
         drops = {h: [relative_drop(x, REJECT) for x in per_seed(h, "fnmr")] for h in HEADS}
-        verdict, text = finite_rule(drops[head], drops["arcface"])
+        verdict, text = seed_rule(drops[head], drops["arcface"])
         out.append((f"{head} > arcface: FNMR drop at {AT:.0%} reject", verdict, text))
     return out
 

@@ -53,9 +53,16 @@ def _section(r: Result, doc: Path) -> str:
         lines += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
     if r.notes.strip():
         lines += [r.notes.strip(), ""]
-    lines += [f"Wall time of the call that measured it: {r.seconds / 60:.1f} min (runs finished "
-              "by an earlier call are reused, not retrained).", ""]
+    lines += [_wall_time(r), ""]
     return "\n".join(lines)
+
+
+def _wall_time(r: Result) -> str:
+    if r.trained == 0:
+        return (f"Wall time: {r.seconds / 60:.1f} min to measure it from runs trained before it "
+                "(by another claim or an earlier call).")
+    return (f"Wall time: {r.seconds / 60:.1f} min for the call that trained its {r.trained} runs "
+            "and measured them (a later call measures finished runs again without retraining).")
 
 
 def write_claims(doc: Path, results: dict[str, Result], order: list[str], header: str) -> None:
