@@ -116,11 +116,11 @@ def seed_rule(claimed: Sequence[float], other: Sequence[float]) -> tuple[str, st
     return "shown", text
 
 
-def paired_rule(claimed: list[float], other: list[float]) -> tuple[str, str]:
+def paired_rule(claimed: Sequence[float], other: Sequence[float]) -> tuple[str, str]:
     """The RULE on per-seed differences d = claimed - other of two measurements on the same seed
-    (here: the same replayed partition, whose own noise both share): shown when mean(d) exceeds
-    twice the std of d (ddof 1) over >= 3 seeds, not shown when mean(d) <= 0, else
-    inconclusive."""
+    that share that seed's noise (pairs_vs_classification: the same replayed partition of the
+    identities): shown when mean(d) exceeds twice the std of d (ddof 1) over >= 3 seeds, not
+    shown when mean(d) <= 0, else inconclusive."""
     d = np.subtract(claimed, other)  # [seeds]
     mean = float(d.mean())
     if len(d) < 2:
@@ -210,6 +210,7 @@ def embed_held_out(run: Path, photos: Sequence[Path], batch_size: int = 256
     feats, _ = embed_raw(model, images, batch_size=batch_size, flip=False, preprocess=pre)
     norms = np.linalg.norm(feats, axis=1)  # [N]
     return (feats / np.maximum(norms, 1e-12)[:, None]).astype(np.float32), norms
+
 
 def train_minutes(runs: Sequence[Path]) -> float:
     """Training minutes of finished runs, summed: train.steps x data.batch_size / images per

@@ -1,7 +1,8 @@
 """`facelab experiment claims [--only NAME ...] [--quick]`: measure the claims of CLAIMS and write
 docs/claims.md (facelab.experiments.claims.report).
 
-Runs go to `--out/<claim>/...` and are reused when complete (a second call only measures); each
+Runs go to `--out/<claim>/...` and are reused when complete and trained with the same config (a
+second call only measures; a finished run of another budget is refused, naming the key); each
 claim's result is saved beside its runs, so `--only` rewrites one section and keeps the others.
 `--quick` is the smoke test of `make test`: tiny data, 3 steps, one seed, everything (the report
 included) in a temporary folder.
@@ -35,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiny data, 3 steps, one seed, in a temporary folder (smoke test)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--scale", type=float, default=1.0,
-                   help="multiplies every training budget (e.g. 10 on a GPU)")
+                   help="multiplies every training budget (e.g. 10 on a GPU); give it its own "
+                        "--out: a finished run of another budget is refused, not reused")
     p.add_argument("--device", default="cpu", help="train.device of every run")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--out", type=Path, default=Path("runs/claims"))
@@ -83,7 +85,9 @@ def _measure(args: argparse.Namespace, names: list[str]) -> int:
         _keep_training_time(result, load_results(args.out, [name]).get(name))
         save_result(args.out, result)
     results = load_results(args.out, list(CLAIMS))
-    write_claims(args.doc, results, list(CLAIMS), _header(args, time.perf_counter() - start))
+    bench = sum(r.seconds for r in results.values())
+    write_claims(args.doc, results, list(CLAIMS),
+                 _header(args, time.perf_counter() - start, bench))
     log.info("experiment claims: %s", args.doc)
     return 0
 
@@ -108,19 +112,22 @@ def _module(name: str) -> types.ModuleType:
                            "pip install 'facelab[experiments]'") from None
 
 
-def _header(args: argparse.Namespace, seconds: float) -> str:
+def _header(args: argparse.Namespace, seconds: float, bench: float) -> str:
+    """The page's opening: what it is, the command that wrote it, the machine, and the bench's
+    wall time (`bench`: the sum of the sections' times, each from the call that trained it)."""
     intro = ("Each claim of a paper measured on facelab's synthetic faces (whose generator knows "
              "every nuisance: pose, resolution, light, blur, identity overlap, label noise) by its "
              "mechanism and by its outcome, with a decision rule fixed before running. ")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    total = (f"The bench's wall time: {bench / 60:.1f} min, the sum of the sections' below "
+             "(each from the call that trained its runs and measured them).")
     if args.report_only:
         return (intro + "Each section was measured by `facelab experiment claims --only NAME` "
                 f"and gives that call's wall time; this page was assembled on {machine} by:\n\n"
-                "```\nfacelab experiment claims --report-only\n```")
+                f"```\nfacelab experiment claims --report-only\n```\n\n{total}")
     flags = ["--quick"] if args.quick else [
         *(["--only", *args.only] if args.only else []), "--seeds", *map(str, args.seeds),
         "--scale", f"{args.scale:g}", "--device", args.device, "--threads", str(args.threads)]
     command = "facelab experiment claims " + " ".join(shlex.quote(f) for f in flags)
-    return (intro + f"Produced by:\n\n```\n{command}\n```\n\non {machine}: "
-            f"{seconds / 60:.1f} min for the claims measured by that call (runs finished earlier "
-            "are reused); each section gives its own wall time.")
+    return (intro + f"Produced by:\n\n```\n{command}\n```\n\non {machine} ({seconds / 60:.1f} "
+            f"min for that call; finished runs are reused, not retrained). {total}")
